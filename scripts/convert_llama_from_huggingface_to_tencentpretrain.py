@@ -1,0 +1,40 @@
+"""Convert a Hugging Face LLaMA folder into a TencentPretrain weights file."""
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from tencentpretrain.config import ConfigError  # noqa: E402
+from tencentpretrain.convert.hf_llama import (config_from_hf, hf_to_tencentpretrain,  # noqa: E402
+                                              read_hf_folder)
+from tencentpretrain.utils.weights import WeightsError, save_state_dict_file  # noqa: E402
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--input_model_path", required=True,
+                        help="Hugging Face model folder (config.json + safetensors or .bin shards).")
+    parser.add_argument("--output_model_path", required=True,
+                        help="Output weights: .bin (torch zip state dict) or .safetensors.")
+    parser.add_argument("--output_config_path", default=None,
+                        help="Also write the matching model config JSON here.")
+    args = parser.parse_args(argv)
+    try:
+        hf_config, hf_state = read_hf_folder(args.input_model_path)
+        config = config_from_hf(hf_config)
+        state = hf_to_tencentpretrain(hf_state, config)
+    except (WeightsError, ConfigError, KeyError) as e:
+        sys.exit(f"error: {e}")
+    save_state_dict_file(state, args.output_model_path)
+    if args.output_config_path:
+        fields = {k: v for k, v in vars(config).items() if k != "source"}
+        with open(args.output_config_path, "w", encoding="utf-8") as f:
+            json.dump(fields, f, indent=2)
+            f.write("\n")
+    print(f"wrote {len(state)} tensors to {args.output_model_path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""Convert TencentPretrain LLaMA weights into a Hugging Face folder
+(config.json + model.safetensors) that ``AutoModelForCausalLM.from_pretrained`` loads."""
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from tencentpretrain.config import ConfigError, load_config  # noqa: E402
+from tencentpretrain.convert.hf_llama import config_to_hf, tencentpretrain_to_hf  # noqa: E402
+from tencentpretrain.model_builder import vocab_size_of  # noqa: E402
+from tencentpretrain.utils.weights import (WeightsError, load_state_dict_file,  # noqa: E402
+                                           save_state_dict_file)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--input_model_path", required=True,
+                        help="TencentPretrain weights (.bin or .safetensors), e.g. a "
+                             "pretrain.py output such as models/llama_zh_7b-5000.")
+    parser.add_argument("--config_path", required=True, help="Model config JSON.")
+    parser.add_argument("--output_model_path", required=True, help="Output folder.")
+    parser.add_argument("--spm_model_path", default=None,
+                        help="Tokenizer: bos/eos ids for config.json and a copy as "
+                             "tokenizer.model in the folder.")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config_path)
+        state = load_state_dict_file(args.input_model_path)
+        vocab_size = vocab_size_of(state, args.input_model_path)
+        hf_state = tencentpretrain_to_hf(state, config)
+    except (WeightsError, ConfigError) as e:
+        sys.exit(f"error: {e}")
+    except KeyError as e:
+        sys.exit(f"error: {args.input_model_path}: missing tensor {e.args[0]} for "
+                 f"config {args.config_path}")
+    bos_id, eos_id = 1, 2
+    if args.spm_model_path:
+        from tencentpretrain.tokenizer import SpmTokenizer
+        tokenizer = SpmTokenizer(args.spm_model_path)
+        bos_id, eos_id = tokenizer.bos_id, tokenizer.eos_id
+    dtype = str(next(iter(hf_state.values())).dtype).replace("torch.", "")
+    os.makedirs(args.output_model_path, exist_ok=True)
+    with open(os.path.join(args.output_model_path, "config.json"), "w", encoding="utf-8") as f:
+        json.dump(config_to_hf(config, vocab_size, bos_id, eos_id, dtype), f, indent=2)
+        f.write("\n")
+    save_state_dict_file(hf_state, os.path.join(args.output_model_path, "model.safetensors"))
+    if args.spm_model_path:
+        import shutil
+        shutil.copyfile(args.spm_model_path,
+                        os.path.join(args.output_model_path, "tokenizer.model"))
+    print(f"wrote {args.output_model_path}/config.json and model.safetensors")
+
+
+if __name__ == "__main__":
+    main()

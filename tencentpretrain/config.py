@@ -1,0 +1,129 @@
+"""Model configs: TencentPretrain's JSON keys, checked before any weight is allocated.
+
+A config describes shapes and module choices only. The vocabulary size is not a
+config key: it comes from the tokenizer or from the checkpoint.
+"""
+import json
+import os
+from dataclasses import dataclass, field, fields
+
+
+class ConfigError(ValueError):
+    """A model config that cannot be built; the message is one line naming the file."""
+
+
+@dataclass
+class ModelConfig:
+    emb_size: int
+    hidden_size: int
+    feedforward_size: int
+    heads_num: int
+    layers_num: int
+    max_seq_length: int
+    embedding: list = field(default_factory=lambda: ["word"])
+    encoder: str = "transformer"
+    decoder: str = None
+    target: list = field(default_factory=lambda: ["lm"])
+    mask: str = "causal"
+    feed_forward: str = "gated"
+    layernorm: str = "rms"
+    layernorm_positioning: str = "pre"
+    hidden_act: str = "silu"
+    dropout: float = 0.0
+    remove_transformer_bias: bool = True
+    remove_embedding_layernorm: bool = True
+    rotary_position_embedding: bool = True
+    local_kv_heads_num: int = None
+    rope_theta: float = 10000.0
+    layernorm_eps: float = 1e-6
+    tie_weights: bool = False
+    source: str = "<dict>"  # where the config came from, for error messages
+
+    @property
+    def kv_heads_num(self):
+        return self.local_kv_heads_num or self.heads_num
+
+    @property
+    def head_dim(self):
+        return self.hidden_size // self.heads_num
+
+
+# Keys TencentPretrain configs carry that do not change the model we build.
+_IGNORED_KEYS = {"vocab_size", "tgt_embedding", "tgt_vocab_size", "parameters_sharing",
+                 "has_residual_attention", "share_embedding", "is_moe", "use_alibi"}
+_BOOL_KEYS = {"remove_transformer_bias", "remove_embedding_layernorm",
+              "rotary_position_embedding", "tie_weights"}
+_INT_KEYS = {"emb_size", "hidden_size", "feedforward_size", "heads_num", "layers_num",
+             "max_seq_length", "local_kv_heads_num"}
+_FLOAT_KEYS = {"dropout", "rope_theta", "layernorm_eps"}
+_STR_KEYS = {"encoder", "decoder", "mask", "feed_forward", "layernorm",
+             "layernorm_positioning", "hidden_act"}
+_LIST_KEYS = {"embedding", "target"}
+
+
+def _check_type(key, value, source):
+    def bad(expected):
+        raise ConfigError(f'"{key}" in {source} must be {expected}, got {value!r}')
+
+    if key in _BOOL_KEYS and not isinstance(value, bool):
+        bad("true or false")
+    if key in _INT_KEYS and (isinstance(value, bool) or not isinstance(value, int)):
+        if not (key == "local_kv_heads_num" and value is None):
+            bad("an integer")
+    if key in _FLOAT_KEYS and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        bad("a number")
+    if key in _STR_KEYS and not isinstance(value, str):
+        if not (key == "decoder" and value is None):
+            bad("a string")
+    if key in _LIST_KEYS:
+        if isinstance(value, str):
+            return [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            bad("a list of strings")
+    if key in _INT_KEYS and value is not None and value <= 0:
+        bad("a positive integer")
+    return value
+
+
+def config_from_dict(raw, source="<dict>"):
+    known = {f.name for f in fields(ModelConfig)} - {"source"}
+    required = ["emb_size", "hidden_size", "feedforward_size", "heads_num", "layers_num",
+                "max_seq_length"]
+    for key in required:
+        if key not in raw:
+            raise ConfigError(f'missing required key "{key}" in {source}')
+    values = {}
+    for key, value in raw.items():
+        if key in _IGNORED_KEYS:
+            continue
+        if key not in known:
+            raise ConfigError(f'unknown key "{key}" in {source}; known: {", ".join(sorted(known))}')
+        values[key] = _check_type(key, value, source)
+    cfg = ModelConfig(source=source, **values)
+    if cfg.hidden_size % cfg.heads_num:
+        raise ConfigError(f'"hidden_size" {cfg.hidden_size} is not divisible by "heads_num" '
+                          f"{cfg.heads_num} in {source}")
+    if cfg.heads_num % cfg.kv_heads_num:
+        raise ConfigError(f'"heads_num" {cfg.heads_num} is not divisible by "local_kv_heads_num" '
+                          f"{cfg.kv_heads_num} in {source}")
+    if cfg.emb_size != cfg.hidden_size:
+        raise ConfigError(f'"emb_size" {cfg.emb_size} must equal "hidden_size" {cfg.hidden_size} '
+                          f"in {source}")
+    if cfg.rotary_position_embedding and cfg.head_dim % 2:
+        raise ConfigError(f"rotary position embedding needs an even head size, got "
+                          f"{cfg.head_dim} in {source}")
+    return cfg
+
+
+def load_config(path):
+    """Read and validate a JSON model config; every problem is one ConfigError line."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"--config_path {path}: no such file")
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a model config must be a JSON object")
+    return config_from_dict(raw, source=path)

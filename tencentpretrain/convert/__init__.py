@@ -1,0 +1,1 @@
+"""Checkpoint conversion between our layout and Hugging Face / Meta layouts."""

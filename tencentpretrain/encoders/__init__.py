@@ -1,0 +1,4 @@
+"""Encoder registry: config string -> class."""
+from tencentpretrain.encoders.transformer_encoder import TransformerEncoder
+
+str2encoder = {"transformer": TransformerEncoder}

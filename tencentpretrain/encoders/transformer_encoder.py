@@ -1,0 +1,73 @@
+"""Stack of transformer layers (``"encoder": "transformer"``).
+
+Builds the attention mask and rotary angles once per forward and hands them to
+every layer. Activation checkpointing wraps groups of layers so their
+activations are recomputed in backward instead of kept.
+"""
+import torch
+import torch.nn as nn
+import torch.utils.checkpoint
+
+from tencentpretrain.layers import str2layernorm
+from tencentpretrain.layers.masks import str2mask
+from tencentpretrain.layers.rotary import rotary_cos_sin
+from tencentpretrain.layers.transformer import TransformerLayer
+
+
+def _torch_checkpoint(function, *args):
+    return torch.utils.checkpoint.checkpoint(function, *args, use_reentrant=False)
+
+
+class TransformerEncoder(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.make_mask = str2mask[config.mask]
+        self.transformer = nn.ModuleList(
+            [TransformerLayer(config, i) for i in range(config.layers_num)])
+        self.layer_norm = None
+        if config.layernorm_positioning == "pre":
+            self.layer_norm = str2layernorm[config.layernorm](config.hidden_size,
+                                                              eps=config.layernorm_eps)
+        self.checkpoint_layers_num = 0
+        self.checkpoint_fn = _torch_checkpoint
+
+    def enable_activation_checkpointing(self, layers_per_checkpoint=1, checkpoint_fn=None):
+        """Recompute every group of ``layers_per_checkpoint`` layers in backward.
+
+        ``checkpoint_fn(function, *tensors)`` defaults to torch's non-reentrant
+        checkpoint; pretrain.py passes DeepSpeed's under ``--deepspeed``.
+        """
+        self.checkpoint_layers_num = max(1, int(layers_per_checkpoint))
+        if checkpoint_fn is not None:
+            self.checkpoint_fn = checkpoint_fn
+
+    def forward(self, hidden, seg=None, position_ids=None, key_mask=None, kv_cache=None):
+        batch, seq, _ = hidden.shape
+        past = kv_cache.length if kv_cache is not None else 0
+        if position_ids is None:
+            position_ids = torch.arange(past, past + seq, device=hidden.device).expand(batch, seq)
+        rotary = None
+        if self.config.rotary_position_embedding:
+            rotary = rotary_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta,
+                                    hidden.device)
+        attn_mask, is_causal = self.make_mask(batch, seq, past, hidden.device, seg=seg,
+                                              key_mask=key_mask)
+
+        layers = list(self.transformer)
+        if self.checkpoint_layers_num and self.training and torch.is_grad_enabled():
+            group = self.checkpoint_layers_num
+            for start in range(0, len(layers), group):
+                def run(x, chunk=layers[start:start + group]):
+                    for layer in chunk:
+                        x = layer(x, rotary, attn_mask, is_causal)
+                    return x
+                hidden = self.checkpoint_fn(run, hidden)
+        else:
+            for layer in layers:
+                hidden = layer(hidden, rotary, attn_mask, is_causal, kv_cache)
+        if kv_cache is not None:
+            kv_cache.advance(seq)
+        if self.layer_norm is not None:
+            hidden = self.layer_norm(hidden)
+        return hidden

@@ -1,0 +1,47 @@
+"""Attention masks by config name (``mask``).
+
+- ``causal``: each position sees itself and earlier positions. With no padding
+  and no cache this is SDPA's ``is_causal`` fast path (flash attention on GPU);
+  right padding needs no mask because padded positions never reach the loss.
+- ``causal_document``: causal, and a position sees only tokens of its own packed
+  document (``seg`` holds the document number of each token, 0 for padding), so
+  packed pre-training samples do not attend across document boundaries.
+
+A mask is a bool tensor [batch, 1, queries, keys], True where attention is allowed.
+``key_mask`` [batch, keys] marks real (not left-padded) keys during generation.
+Each query always sees itself, so a padded row never becomes an all-False row (NaN).
+"""
+import torch
+
+
+def _causal(batch, seq, past, device):
+    query_pos = torch.arange(past, past + seq, device=device)[:, None]
+    key_pos = torch.arange(past + seq, device=device)[None, :]
+    return (key_pos <= query_pos).expand(batch, 1, seq, past + seq)
+
+
+def _finish(mask, seq, past, key_mask):
+    if key_mask is not None:
+        mask = mask & key_mask[:, None, None, :].bool()
+        diagonal = torch.zeros_like(mask[0, 0])
+        diagonal[:, past:] = torch.eye(seq, dtype=torch.bool, device=mask.device)
+        mask = mask | diagonal
+    return mask
+
+
+def causal_mask(batch, seq, past=0, device=None, seg=None, key_mask=None):
+    if past == 0 and key_mask is None:
+        return None, True
+    return _finish(_causal(batch, seq, past, device), seq, past, key_mask), False
+
+
+def causal_document_mask(batch, seq, past=0, device=None, seg=None, key_mask=None):
+    if seg is None:
+        return causal_mask(batch, seq, past, device, key_mask=key_mask)
+    if past:
+        raise ValueError("causal_document masks apply to whole packed samples, not cached steps")
+    same_document = seg[:, None, :, None] == seg[:, None, None, :]
+    return _finish(_causal(batch, seq, 0, device) & same_document, seq, 0, key_mask), False
+
+
+str2mask = {"causal": causal_mask, "causal_document": causal_document_mask}

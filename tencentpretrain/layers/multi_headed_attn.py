@@ -1,0 +1,44 @@
+"""Multi-head self-attention with grouped-query heads, through PyTorch SDPA.
+
+Parameter names follow TencentPretrain (``linear_layers`` = q, k, v;
+``final_linear`` = output), so its LLaMA checkpoints load unchanged. With
+``local_kv_heads_num`` < ``heads_num`` the k/v projections are smaller and SDPA
+broadcasts each k/v head over its query group (``enable_gqa``), no copies.
+"""
+import torch.nn as nn
+import torch.nn.functional as F
+
+from tencentpretrain.layers.rotary import apply_rotary
+
+
+class MultiHeadedAttention(nn.Module):
+    def __init__(self, hidden_size, heads_num, kv_heads_num, dropout, has_bias, layer_index):
+        super().__init__()
+        self.heads_num = heads_num
+        self.kv_heads_num = kv_heads_num
+        self.head_dim = hidden_size // heads_num
+        self.layer_index = layer_index
+        self.dropout = dropout
+        kv_size = kv_heads_num * self.head_dim
+        self.linear_layers = nn.ModuleList([
+            nn.Linear(hidden_size, hidden_size, bias=has_bias),
+            nn.Linear(hidden_size, kv_size, bias=has_bias),
+            nn.Linear(hidden_size, kv_size, bias=has_bias),
+        ])
+        self.final_linear = nn.Linear(hidden_size, hidden_size, bias=has_bias)
+
+    def forward(self, x, rotary=None, attn_mask=None, is_causal=False, kv_cache=None):
+        """x: [batch, seq, hidden]; attn_mask: bool [batch, 1, seq, keys] (True = attend)."""
+        batch, seq, _ = x.shape
+        q, k, v = (linear(x).view(batch, seq, -1, self.head_dim).transpose(1, 2)
+                   for linear in self.linear_layers)
+        if rotary is not None:
+            cos, sin = rotary
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if kv_cache is not None:
+            k, v = kv_cache.update(self.layer_index, k, v)
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, is_causal=is_causal and attn_mask is None,
+            dropout_p=self.dropout if self.training else 0.0,
+            enable_gqa=self.kv_heads_num != self.heads_num)
+        return self.final_linear(out.transpose(1, 2).reshape(batch, seq, -1))

@@ -1,0 +1,3 @@
+from tencentpretrain.models.model import Model
+
+__all__ = ["Model"]

@@ -1,0 +1,54 @@
+"""The model: embedding -> encoder -> (decoder) -> target, as named in the config.
+
+Submodule names match TencentPretrain checkpoints: ``embedding.word.*``,
+``encoder.transformer.N.*``, ``encoder.layer_norm.*``, ``target.lm.*``.
+"""
+import torch
+import torch.nn as nn
+
+from tencentpretrain.embeddings import str2embedding
+from tencentpretrain.embeddings.embedding import Embedding
+from tencentpretrain.encoders import str2encoder
+from tencentpretrain.targets import str2target
+
+
+class Model(nn.Module):
+    def __init__(self, config, vocab_size):
+        super().__init__()
+        self.config = config
+        self.vocab_size = vocab_size
+        self.embedding = Embedding(config, vocab_size, str2embedding)
+        self.encoder = str2encoder[config.encoder](config)
+        self.target = nn.Module()
+        for name in config.target:
+            self.target.add_module(name, str2target[name](config, vocab_size))
+        if config.tie_weights:
+            self.target.lm.output_layer.weight = self.embedding.word.embedding.weight
+
+    def forward(self, input_ids, labels=None, loss_mask=None, seg=None, position_ids=None,
+                key_mask=None, kv_cache=None):
+        """Logits [batch, seq, vocab], or (loss_sum, counted_tokens) when labels are given.
+
+        seg: document number per token (0 = padding) for ``causal_document`` masks.
+        position_ids / key_mask / kv_cache: incremental decoding of left-padded batches.
+        """
+        hidden = self.embedding(input_ids, position_ids, seg)
+        hidden = self.encoder(hidden, seg=seg, position_ids=position_ids, key_mask=key_mask,
+                              kv_cache=kv_cache)
+        return self.target.lm(hidden, labels, loss_mask)
+
+    @torch.no_grad()
+    def init_weights(self, std=0.02):
+        """GPT/LLaMA initialisation for training from scratch: N(0, std) matrices,
+        zero biases, unit norms. Loading a checkpoint overwrites all of it."""
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+        for name, param in self.named_parameters():
+            if "layer_norm" in name:
+                nn.init.ones_(param) if name.endswith("weight") else nn.init.zeros_(param)
+
+    def num_parameters(self):
+        return sum(p.numel() for p in {id(p): p for p in self.parameters()}.values())

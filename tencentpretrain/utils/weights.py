@@ -1,0 +1,67 @@
+"""Weight files: plain state dicts only, never arbitrary pickled objects.
+
+``.bin``/``.pt`` files load with ``torch.load(weights_only=True)``; ``.safetensors``
+with safetensors. Saving writes beside the target and renames, so a save killed
+halfway never leaves a file that loads.
+"""
+import os
+
+import torch
+
+
+class WeightsError(ValueError):
+    """A weights file that is missing, unreadable or does not fit the model."""
+
+
+def load_state_dict_file(path):
+    if not os.path.exists(path):
+        raise WeightsError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise WeightsError(f"{path} is a directory, expected a .bin or .safetensors weights file")
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+        try:
+            return load_file(path)
+        except Exception as e:  # noqa: BLE001 - safetensors raises several kinds
+            raise WeightsError(f"{path}: not a safetensors file ({e})") from None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - retry without mmap (old non-zip format)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise WeightsError(f"{path}: not a weights file ({first})") from None
+    if isinstance(state, dict) and "module" in state and isinstance(state["module"], dict):
+        state = state["module"]  # DeepSpeed model-states files
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError(f"{path}: not a state dict of tensors")
+    return state
+
+
+def save_state_dict_file(state_dict, path):
+    """Atomically write a state dict (``.safetensors`` by extension, else torch zip)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    seen = set()
+    tensors = {}
+    for name, tensor in state_dict.items():
+        tensor = tensor.detach().cpu().contiguous()
+        if tensor.data_ptr() in seen:  # tied weights: safetensors refuses shared storage
+            tensor = tensor.clone()
+        seen.add(tensor.data_ptr())
+        tensors[name] = tensor
+    state_dict = tensors
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import save_file
+            save_file(state_dict, tmp, metadata={"format": "pt"})
+        else:
+            torch.save(state_dict, tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)

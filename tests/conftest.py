@@ -1,0 +1,28 @@
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+SHARED_DATA = os.path.join(os.path.dirname(ROOT), "shared", "data")
+
+
+@pytest.fixture(scope="session")
+def shared_data():
+    """Path of ../shared/data (real corpora and tokenizers); tests never copy it."""
+    if not os.path.isdir(SHARED_DATA):
+        pytest.fail(f"{SHARED_DATA} is missing: CI runs with ../shared beside the checkout")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def llama_spm(shared_data):
+    return os.path.join(shared_data, "llama_tokenizer.model")
+
+
+@pytest.fixture(scope="session")
+def chinese_spm(shared_data):
+    return os.path.join(shared_data, "cluecorpussmall_spm.model")
