@@ -1,0 +1,12 @@
+"""Token datasets: preprocessing a corpus into shards, and reading them back for training.
+
+Format: docs/data_format.md. Reader API used by pretrain.py and inference:
+TokenDataset, Sample, collate, sample_order, BatchIterator, DatasetError.
+"""
+from .batching import BatchIterator, collate, sample_order
+from .dataset import Sample, TokenDataset
+from .format import FORMAT_VERSION, CorpusError, DatasetError
+from .builder import PROCESSORS, format_summary, preprocess
+
+__all__ = ["BatchIterator", "CorpusError", "DatasetError", "FORMAT_VERSION", "PROCESSORS",
+           "Sample", "TokenDataset", "collate", "format_summary", "preprocess", "sample_order"]

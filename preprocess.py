@@ -1,0 +1,79 @@
+"""Tokenize a corpus into a token dataset directory for pretrain.py.
+
+    python3 preprocess.py --corpus_path corpus.txt --spm_model_path tokenizer.model \
+        --dataset_path dataset --data_processor lm --seq_length 512 --processes_num 8
+
+The format is described in docs/data_format.md; the work is done by tencentpretrain.data.
+"""
+import argparse
+import signal
+import sys
+
+from tencentpretrain.data import PROCESSORS, DatasetError, format_summary, preprocess
+from tencentpretrain.data.format import SHARD_TOKENS
+from tencentpretrain.prompts import TemplateError
+from tencentpretrain.tokenizer import TokenizerError
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        description="Tokenize a corpus with a SentencePiece model into a dataset directory "
+                    "(meta.json + memory-mappable shards, see docs/data_format.md).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--corpus_path", required=True,
+                        help="Input corpus. lm: a .txt file of one document per line, or .jsonl "
+                             "with a \"text\" field per line (or a .json array of such objects). "
+                             "alpaca: a .json array or .jsonl of {\"instruction\", \"input\", \"output\"}.")
+    parser.add_argument("--spm_model_path", required=True,
+                        help="SentencePiece model (e.g. LLaMA's tokenizer.model); bos/eos/unk/pad "
+                             "ids are read from it (pad falls back to unk when it has none).")
+    parser.add_argument("--dataset_path", required=True,
+                        help="Output directory; written beside and renamed into place when complete, "
+                             "replacing an older dataset there.")
+    parser.add_argument("--data_processor", default="lm", choices=list(PROCESSORS),
+                        help="lm (alias llm_pretrain): documents packed back to back and cut into "
+                             "samples of seq_length + 1 tokens. alpaca (alias llm_sft): one "
+                             "instruction example per sample, prompt length stored for "
+                             "--prefix_lm_loss.")
+    parser.add_argument("--seq_length", type=int, default=512,
+                        help="Tokens the model reads per sample; samples hold seq_length + 1 "
+                             "tokens (inputs and shifted labels). At least 2.")
+    parser.add_argument("--processes_num", type=int, default=1,
+                        help="Worker processes, each tokenizing a byte range of the corpus; the "
+                             "output is identical whatever the number (a .json array uses one).")
+    parser.add_argument("--seed", type=int, default=7,
+                        help="Recorded in meta.json only: preprocessing never shuffles, training "
+                             "shuffles per epoch from its own seed.")
+    parser.add_argument("--prompt_template", default=None,
+                        help="alpaca only: JSON file {\"prompt_input\": \"...{instruction}...{input}...\", "
+                             "\"prompt_no_input\": \"...{instruction}...\"} replacing the default "
+                             "Alpaca template (see tencentpretrain/prompts.py).")
+    parser.add_argument("--shard_tokens", type=int, default=SHARD_TOKENS,
+                        help="Start a new shard once a shard would exceed this many tokens.")
+    parser.add_argument("--no_progress", action="store_true",
+                        help="Do not show the progress bar (bytes of the corpus done).")
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    # let `kill` unwind like Ctrl-C, so the staging directory and the workers are cleaned up
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        summary = preprocess(args.corpus_path, args.spm_model_path, args.dataset_path,
+                             data_processor=args.data_processor, seq_length=args.seq_length,
+                             processes_num=args.processes_num, seed=args.seed,
+                             prompt_template=args.prompt_template, shard_tokens=args.shard_tokens,
+                             progress=not args.no_progress)
+    except (DatasetError, TokenizerError, TemplateError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted; no dataset was written", file=sys.stderr)
+        return 130
+    print(format_summary(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

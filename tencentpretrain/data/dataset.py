@@ -1,0 +1,133 @@
+"""Memory-mapped reader of a preprocessed dataset directory (docs/data_format.md).
+
+Opening checks meta.json against every file (presence, size, dtype, shape), so a truncated,
+foreign or half-written dataset is refused with a DatasetError naming the file. Samples are
+read through np.memmap: memory does not grow with the dataset's size.
+"""
+import json
+import os
+from typing import NamedTuple
+
+import numpy as np
+
+from .format import (BIN, DOC, FORMAT_NAME, FORMAT_VERSION, IDX, META_FILE, OFFSET_DTYPE,
+                     PROMPT, PROMPT_DTYPE, DatasetError, numpy_dtype)
+
+REQUIRED_META = ("format_version", "data_processor", "seq_length", "vocab_size", "dtype",
+                 "bos_id", "eos_id", "pad_id", "tokenizer_sha256", "num_samples", "num_tokens",
+                 "shards")
+
+
+class Sample(NamedTuple):
+    tokens: np.ndarray  # int64, 1 <= length <= seq_length + 1
+    prompt_length: int  # tokens of the prompt, bos included (0 for lm)
+    segments: np.ndarray  # int32 per token: 1-based document number within the sample
+
+
+def _load_meta(path):
+    meta_path = os.path.join(path, META_FILE)
+    if not os.path.isdir(path):
+        raise DatasetError(f"{path}: no such dataset directory")
+    try:
+        with open(meta_path, encoding="utf-8") as f:
+            meta = json.load(f)
+    except FileNotFoundError:
+        raise DatasetError(f"{meta_path}: missing (not a dataset, or an interrupted run)") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DatasetError(f"{meta_path}: not valid JSON ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
+        raise DatasetError(f"{meta_path}: not a {FORMAT_NAME} dataset")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise DatasetError(f"{meta_path}: format_version {meta.get('format_version')!r} is not "
+                           f"supported (this code reads {FORMAT_VERSION})")
+    missing = [key for key in REQUIRED_META if key not in meta]
+    if missing:
+        raise DatasetError(f"{meta_path}: missing {', '.join(missing)}")
+    if meta["data_processor"] not in ("lm", "alpaca") or meta["dtype"] not in ("uint16", "uint32"):
+        raise DatasetError(f"{meta_path}: unknown data_processor/dtype "
+                           f"{meta['data_processor']!r}/{meta['dtype']!r}")
+    return meta
+
+
+def _open_npy(path, dtype, length):
+    """Memory-map a 1-D .npy array, checking its dtype and length."""
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: missing") from None
+    except (ValueError, OSError) as e:
+        raise DatasetError(f"{path}: not a readable .npy array ({e})") from None
+    if array.dtype != dtype or array.ndim != 1 or (length is not None and len(array) != length):
+        raise DatasetError(f"{path}: expected {dtype} of length {length}, "
+                           f"found {array.dtype} of shape {array.shape}")
+    return array
+
+
+class _Shard:
+    """The memory maps of one shard, checked against its entry in meta.json."""
+
+    def __init__(self, directory, entry, dtype, processor):
+        name = entry["name"]
+        base = os.path.join(directory, name)
+        num_samples, num_tokens = entry["num_samples"], entry["num_tokens"]
+        expected = num_tokens * dtype.itemsize
+        if not os.path.isfile(base + BIN):
+            raise DatasetError(f"{base + BIN}: missing")
+        if os.path.getsize(base + BIN) != expected:
+            raise DatasetError(f"{base + BIN}: {os.path.getsize(base + BIN)} bytes, expected "
+                               f"{expected} ({num_tokens} {dtype.name} tokens): truncated or foreign")
+        self.tokens = np.memmap(base + BIN, dtype, mode="r") if num_tokens else np.empty(0, dtype)
+        self.offsets = _open_npy(base + IDX, OFFSET_DTYPE, num_samples + 1)
+        if self.offsets[0] != 0 or self.offsets[-1] != num_tokens:
+            raise DatasetError(f"{base + IDX}: offsets do not span {base + BIN}")
+        self.prompts = self.doc_starts = None
+        if processor == "alpaca":
+            self.prompts = _open_npy(base + PROMPT, PROMPT_DTYPE, num_samples)
+        else:
+            self.doc_starts = _open_npy(base + DOC, OFFSET_DTYPE, entry.get("num_doc_starts"))
+
+    def sample(self, i):
+        start, end = int(self.offsets[i]), int(self.offsets[i + 1])
+        tokens = np.array(self.tokens[start:end], dtype=np.int64)
+        if self.prompts is not None:
+            return Sample(tokens, int(self.prompts[i]), np.ones(end - start, np.int32))
+        # each document starting strictly inside the sample opens the next segment
+        first, stop = np.searchsorted(self.doc_starts, [start, end - 1], side="right")
+        opens = np.zeros(end - start, np.int32)
+        opens[self.doc_starts[first:stop] - start] = 1
+        return Sample(tokens, 0, 1 + np.cumsum(opens, dtype=np.int32))
+
+
+class TokenDataset:
+    """Samples of a preprocessed dataset: ``ds[i]`` -> Sample(tokens, prompt_length, segments)."""
+
+    def __init__(self, path):
+        self.path = path
+        self.meta = meta = _load_meta(path)
+        self.seq_length = meta["seq_length"]
+        self.data_processor = meta["data_processor"]
+        self.vocab_size = meta["vocab_size"]
+        self.bos_id, self.eos_id, self.pad_id = meta["bos_id"], meta["eos_id"], meta["pad_id"]
+        self.tokenizer_sha256 = meta["tokenizer_sha256"]
+        self.has_prompt_lengths = self.data_processor == "alpaca"
+        self.num_tokens = meta["num_tokens"]
+        dtype = numpy_dtype(meta["dtype"])
+        try:
+            self._shards = [_Shard(path, entry, dtype, self.data_processor) for entry in meta["shards"]]
+        except (KeyError, TypeError) as e:
+            raise DatasetError(f"{os.path.join(path, META_FILE)}: malformed shard list ({e})") from None
+        counts = [entry["num_samples"] for entry in meta["shards"]]
+        self._starts = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
+        if self._starts[-1] != meta["num_samples"] or sum(e["num_tokens"] for e in meta["shards"]) != self.num_tokens:
+            raise DatasetError(f"{os.path.join(path, META_FILE)}: shard counts do not add up "
+                               f"to num_samples/num_tokens")
+
+    def __len__(self):
+        return int(self._starts[-1])
+
+    def __getitem__(self, i):
+        i = int(i)
+        if not 0 <= i < len(self):
+            raise IndexError(f"sample {i} out of range [0, {len(self)})")
+        k = int(np.searchsorted(self._starts, i, side="right")) - 1
+        return self._shards[k].sample(i - int(self._starts[k]))

@@ -1,0 +1,129 @@
+"""The on-disk dataset format (see docs/data_format.md) and the writer of its shards.
+
+A dataset is a directory: ``meta.json`` plus, per shard, ``NAME.bin`` (tokens back to back),
+``NAME.idx.npy`` (int64 sample offsets) and either ``NAME.prompt.npy`` (alpaca) or
+``NAME.doc.npy`` (lm). Everything is readable with numpy alone; nothing is pickled.
+"""
+import json
+import os
+import shutil
+
+import numpy as np
+
+FORMAT_NAME = "tencentpretrain-tokens"
+FORMAT_VERSION = 1
+META_FILE = "meta.json"
+SHARD_TOKENS = 1 << 28  # a new shard starts once this many tokens would be exceeded
+
+BIN, IDX, PROMPT, DOC = ".bin", ".idx.npy", ".prompt.npy", ".doc.npy"
+OFFSET_DTYPE = np.dtype("<i8")
+PROMPT_DTYPE = np.dtype("<i4")
+
+
+class DatasetError(ValueError):
+    """A dataset or corpus that cannot be written or read; the message is one line."""
+
+
+class CorpusError(DatasetError):
+    """Bad input corpus; the message names the file and, where known, the line."""
+
+
+def token_dtype(vocab_size):
+    """uint16 when every id fits (vocab_size <= 65536), else uint32; always little-endian."""
+    return "uint16" if vocab_size <= 1 << 16 else "uint32"
+
+
+def numpy_dtype(name):
+    return np.dtype(name).newbyteorder("<")
+
+
+def shard_name(index):
+    return f"shard_{index:05d}"
+
+
+def write_meta(directory, meta):
+    with open(os.path.join(directory, META_FILE), "w", encoding="utf-8") as f:
+        json.dump(meta, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+
+
+def raw_to_npy(raw_path, npy_path, dtype):
+    """Prefix a raw little-endian 1-D array file with an .npy header (streaming copy)."""
+    dtype = np.dtype(dtype)
+    count = os.path.getsize(raw_path) // dtype.itemsize
+    header = {"descr": dtype.str, "fortran_order": False, "shape": (count,)}
+    with open(raw_path, "rb") as src, open(npy_path, "wb") as dst:
+        np.lib.format.write_array_header_1_0(dst, header)
+        shutil.copyfileobj(src, dst, 1 << 22)
+    os.remove(raw_path)
+
+
+class ShardWriter:
+    """Appends samples (tokens back to back + their lengths) to shards in `directory`.
+
+    Shard boundaries depend only on the sample sequence, so the same samples always give
+    byte-identical shards. The offset and prompt arrays are streamed to raw files and given
+    their .npy header when the shard closes, so memory stays flat whatever the shard size.
+    """
+
+    def __init__(self, directory, dtype, with_prompts, shard_tokens=SHARD_TOKENS):
+        self.directory = directory
+        self.dtype = numpy_dtype(dtype)
+        self.with_prompts = with_prompts
+        self.shard_tokens = shard_tokens
+        self.shards = []  # dicts: name, num_samples, num_tokens, start (global token offset)
+        self.total_tokens = 0
+        self._files = None
+
+    def _path(self, suffix):
+        return os.path.join(self.directory, self.shards[-1]["name"] + suffix)
+
+    def _open_shard(self):
+        self.shards.append({"name": shard_name(len(self.shards)), "num_samples": 0,
+                            "num_tokens": 0, "start": self.total_tokens})
+        self._files = {BIN: open(self._path(BIN), "wb"), IDX: open(self._path(IDX + ".raw"), "wb")}
+        self._files[IDX].write(np.zeros(1, OFFSET_DTYPE).tobytes())
+        if self.with_prompts:
+            self._files[PROMPT] = open(self._path(PROMPT + ".raw"), "wb")
+
+    def _close_shard(self):
+        for f in self._files.values():
+            f.close()
+        self._files = None
+        raw_to_npy(self._path(IDX + ".raw"), self._path(IDX), OFFSET_DTYPE)
+        if self.with_prompts:
+            raw_to_npy(self._path(PROMPT + ".raw"), self._path(PROMPT), PROMPT_DTYPE)
+
+    def add(self, tokens, lengths, prompt_lengths=None):
+        """Append samples: `tokens` holds them back to back, `lengths[i]` is sample i's size."""
+        ends = np.cumsum(lengths, dtype=np.int64)
+        i = 0
+        while i < len(ends):
+            if self._files is None:
+                self._open_shard()
+            shard = self.shards[-1]
+            base = ends[i - 1] if i else 0
+            room = self.shard_tokens - shard["num_tokens"]
+            j = int(np.searchsorted(ends, base + room, side="right"))
+            if j == i:  # the next sample does not fit: close, unless the shard is empty
+                if shard["num_samples"]:
+                    self._close_shard()
+                    continue
+                j = i + 1
+            self._files[BIN].write(np.ascontiguousarray(tokens[base:ends[j - 1]], self.dtype).tobytes())
+            offsets = shard["num_tokens"] + (ends[i:j] - base)
+            self._files[IDX].write(offsets.astype(OFFSET_DTYPE).tobytes())
+            if self.with_prompts:
+                self._files[PROMPT].write(np.asarray(prompt_lengths[i:j], PROMPT_DTYPE).tobytes())
+            shard["num_samples"] += j - i
+            shard["num_tokens"] = int(offsets[-1])
+            self.total_tokens += int(ends[j - 1] - base)
+            if j < len(ends):
+                self._close_shard()
+            i = j
+
+    def close(self):
+        """Finish the last shard; returns the shard list (with global `start` offsets)."""
+        if self._files is not None:
+            self._close_shard()
+        return self.shards
