@@ -1,0 +1,37 @@
+"""Command-line options and error reporting shared by the inference scripts."""
+import sys
+
+from tencentpretrain.config import ConfigError
+from tencentpretrain.generation import GenerationError
+from tencentpretrain.prompts import TemplateError
+from tencentpretrain.tokenizer import TokenizerError
+from tencentpretrain.utils.weights import WeightsError
+
+# Bad input of any kind: reported as one line, never as a traceback.
+INPUT_ERRORS = (ConfigError, GenerationError, TemplateError, TokenizerError, WeightsError)
+
+
+def add_model_options(parser):
+    group = parser.add_argument_group("model")
+    group.add_argument("--load_model_path", required=True,
+                       help="Weights: .bin state dict, .safetensors, or a pretrain.py checkpoint.")
+    group.add_argument("--config_path", required=True, help="Model config JSON.")
+    group.add_argument("--spm_model_path", required=True, help="SentencePiece tokenizer model.")
+    group.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda:N.")
+    group.add_argument("--dtype", default="auto",
+                       choices=["auto", "float32", "bfloat16", "float16"],
+                       help="auto: bfloat16 (else float16) on GPU, float32 on CPU.")
+    return group
+
+
+def run(main, errors=INPUT_ERRORS):
+    """Call ``main()``; bad input becomes ``error: ...`` on stderr and exit status 2,
+    Ctrl-C a quiet exit with status 130."""
+    try:
+        main()
+    except errors as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,74 @@
+"""Continue each prompt of a file (one per line), or chat in the terminal (--interactive).
+
+Each output line is the continuation of the prompt on the same input line: only the new
+tokens, with "\\" written as "\\\\" and newlines as "\\n" (see docs/inference.md).
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from inference import add_model_options, run  # noqa: E402
+from tencentpretrain.generation import (SamplingOptions, TextGenerator,  # noqa: E402
+                                        load_model_and_tokenizer)
+from tencentpretrain.prompts import ALPACA_TEMPLATE, load_template  # noqa: E402
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_options(parser)
+    io = parser.add_argument_group("input and output")
+    io.add_argument("--test_path", help="Prompts, one per line (UTF-8).")
+    io.add_argument("--prediction_path", help="Continuations, one per line.")
+    io.add_argument("--interactive", action="store_true",
+                    help="Read prompts from the terminal and stream the answers.")
+    io.add_argument("--prompt_template", default=None,
+                    help='Wrap each prompt in an instruction template: "alpaca" (the one '
+                         "preprocess.py --data_processor alpaca uses) or a template JSON file.")
+    length = parser.add_argument_group("length")
+    length.add_argument("--seq_length", type=int, default=None,
+                        help="Limit on prompt + continuation tokens (default: the config's "
+                             "max_seq_length).")
+    length.add_argument("--max_new_tokens", type=int, default=None,
+                        help="Limit on new tokens (default: up to --seq_length).")
+    length.add_argument("--batch_size", type=int, default=1,
+                        help="Prompts generated together (results equal one at a time).")
+    sampling = parser.add_argument_group("sampling")
+    sampling.add_argument("--top_k", type=int, default=70, help="0: off; 1: greedy.")
+    sampling.add_argument("--top_p", type=float, default=1.0, help="Nucleus mass; 0 or 1: off.")
+    sampling.add_argument("--temperature", type=float, default=1.0, help="0: greedy.")
+    sampling.add_argument("--repetition_penalty", type=float, default=1.0, help="1.0: off.")
+    sampling.add_argument("--greedy", action="store_true", help="Same as --top_k 1.")
+    sampling.add_argument("--seed", type=int, default=7, help="Sampling seed.")
+    args = parser.parse_args(argv)
+    if not args.interactive and not (args.test_path and args.prediction_path):
+        parser.error("--test_path and --prediction_path are required unless --interactive")
+    for name in ("seq_length", "max_new_tokens", "batch_size"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            parser.error(f"--{name} must be a positive integer")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    template = None
+    if args.prompt_template:
+        template = (ALPACA_TEMPLATE if args.prompt_template == "alpaca"
+                    else load_template(args.prompt_template))
+    options = SamplingOptions(1 if args.greedy else args.top_k, args.top_p, args.temperature,
+                              args.repetition_penalty).check()
+    model, tokenizer = load_model_and_tokenizer(args.config_path, args.load_model_path,
+                                                args.spm_model_path, args.device, args.dtype)
+    generator = TextGenerator(model, tokenizer, args.seq_length, args.max_new_tokens, options,
+                              template, args.seed)
+    if args.interactive:
+        generator.interactive(sys.stdin, sys.stdout)
+    else:
+        count = generator.generate_file(args.test_path, args.prediction_path, args.batch_size)
+        print(f"wrote {count} continuations to {args.prediction_path}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,33 @@
+"""Pre-train or instruction-tune a LLaMA model (TencentPretrain's command line).
+
+    deepspeed pretrain.py --deepspeed --deepspeed_config models/deepspeed_zero3_config.json \
+        --enable_zero3 --pretrained_model_path models/llama-7b.bin --dataset_path dataset \
+        --spm_model_path tokenizer.model --config_path models/llama/7b_config.json \
+        --output_model_path models/llama_zh_7b --world_size 8 --data_processor lm \
+        --total_steps 300000 --save_checkpoint_steps 5000 --batch_size 24
+    python3 pretrain.py ...   # the same without --deepspeed: one process, for debugging
+
+See docs/training.md. All the work is in tencentpretrain.training.
+"""
+import os
+import sys
+
+from tencentpretrain.config import ConfigError
+from tencentpretrain.data import DatasetError
+from tencentpretrain.tokenizer import TokenizerError
+from tencentpretrain.training import TrainingError, build_parser, train
+from tencentpretrain.utils.weights import WeightsError
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        train(args)
+    except (TrainingError, ConfigError, DatasetError, TokenizerError, WeightsError) as e:
+        if int(os.environ.get("RANK", "0")) == 0:  # every rank fails alike; one line is enough
+            print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""Training throughput (tokens/s) and peak RSS for a model shape, batch and sequence length,
+through the same backends and train_step as pretrain.py, on random tokens.
+
+    python3 scripts/benchmark_train.py --layers_num 4 --hidden_size 256 --heads_num 4 \
+        --vocab_size 32000 --batch_size 8 --seq_length 512
+    deepspeed --num_gpus 2 scripts/benchmark_train.py --deepspeed \
+        --deepspeed_config models/deepspeed_zero3_config.json --enable_zero3 ...
+"""
+import argparse
+import os
+import resource
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from tencentpretrain.config import config_from_dict, load_config  # noqa: E402
+from tencentpretrain.training import TrainingError  # noqa: E402
+from tencentpretrain.training.ds_config import read_config, reconcile  # noqa: E402
+from tencentpretrain.training.engine import make_backend, precision_refusal  # noqa: E402
+from tencentpretrain.training.metrics import flops_per_token, peak_flops  # noqa: E402
+from tencentpretrain.training.options import _add_deepspeed_arguments  # noqa: E402
+from tencentpretrain.training.trainer import setup_model, train_step  # noqa: E402
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    shape = parser.add_argument_group("model shape (or --config_path)")
+    shape.add_argument("--config_path", default=None)
+    shape.add_argument("--layers_num", type=int, default=4)
+    shape.add_argument("--hidden_size", type=int, default=256)
+    shape.add_argument("--heads_num", type=int, default=4)
+    shape.add_argument("--feedforward_size", type=int, default=None,
+                       help="Default: LLaMA's rule, 8/3 x hidden rounded up to a multiple of 256.")
+    shape.add_argument("--vocab_size", type=int, default=32000)
+    run = parser.add_argument_group("run")
+    run.add_argument("--batch_size", type=int, default=8, help="Per rank.")
+    run.add_argument("--seq_length", type=int, default=512)
+    run.add_argument("--steps", type=int, default=10, help="Timed steps.")
+    run.add_argument("--warmup_steps", type=int, default=2, help="Untimed steps first.")
+    run.add_argument("--threads", type=int, default=None, help="torch CPU threads.")
+    run.add_argument("--bf16", action="store_true",
+                     help="One process: bf16 autocast (what a DeepSpeed config with bf16 gives).")
+    run.add_argument("--deepspeed_checkpoint_activations", action="store_true")
+    run.add_argument("--enable_zero3", action="store_true")
+    run.add_argument("--local_rank", type=int, default=-1)
+    _add_deepspeed_arguments(parser)
+    return parser
+
+
+def model_config(args):
+    if args.config_path:
+        return load_config(args.config_path)
+    return config_from_dict({
+        "emb_size": args.hidden_size, "hidden_size": args.hidden_size,
+        "feedforward_size": args.feedforward_size or -(-(8 * args.hidden_size // 3) // 256) * 256,
+        "heads_num": args.heads_num, "layers_num": args.layers_num,
+        "max_seq_length": args.seq_length}, source="benchmark shape")
+
+
+def random_batch(args, generator):
+    tokens = torch.randint(4, args.vocab_size, (args.batch_size, args.seq_length + 1),
+                           generator=generator)
+    return {"input_ids": tokens[:, :-1], "labels": tokens[:, 1:],
+            "loss_mask": torch.ones(args.batch_size, args.seq_length, dtype=torch.bool),
+            "seg": torch.ones(args.batch_size, args.seq_length, dtype=torch.long)}
+
+
+def main():
+    args = build_parser().parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.accumulation_steps, args.learning_rate = 1, 1e-4
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    say = print if rank0 else (lambda line: None)
+    try:
+        raw_config = read_config(args.deepspeed_config)
+        if args.bf16:
+            raw_config["bf16"] = {"enabled": True}
+        ds_config = reconcile(args, raw_config, world_size,
+                              lambda wanted: precision_refusal(args, wanted), say)
+        backend = make_backend(args, ds_config)
+        model = setup_model(backend, model_config(args), args.vocab_size, seed=7, weights=None,
+                            checkpoint_layers=1 if args.deepspeed_checkpoint_activations else 0,
+                            multiplier=lambda step: 1.0)
+    except TrainingError as e:
+        sys.exit(f"error: {e}")
+    generator = torch.Generator().manual_seed(backend.rank)
+    batches = [random_batch(args, generator) for _ in range(4)]
+    for step in range(args.warmup_steps):
+        train_step(backend, [batches[step % 4]])
+    start = time.perf_counter()
+    tokens = 0
+    for step in range(args.steps):
+        tokens += train_step(backend, [batches[step % 4]])[2]
+    elapsed = time.perf_counter() - start
+    peak_rss = backend.all_reduce_sum(torch.tensor(
+        [resource.getrusage(resource.RUSAGE_SELF).ru_maxrss], dtype=torch.float64)).item()
+    tokens_per_s = tokens / elapsed
+    mode = (f"deepspeed {'ZeRO-3 ' if backend.zero3 else ''}{backend.world_size} rank(s)"
+            if args.deepspeed else "one process")
+    say(f"{mode}, {backend.precision}, {torch.get_num_threads()} threads | layers "
+        f"{model.config.layers_num} hidden {model.config.hidden_size} heads "
+        f"{model.config.heads_num} vocab {args.vocab_size} | batch {args.batch_size} x "
+        f"{args.seq_length} per rank | {tokens_per_s:,.0f} tokens/s | peak RSS "
+        f"{peak_rss / 2 ** 20:.2f} GiB (all ranks)")
+    peak = peak_flops()
+    if peak:
+        mfu = tokens_per_s * flops_per_token(model, args.seq_length) / (peak * backend.world_size)
+        say(f"MFU {100 * mfu:.1f}%")
+    backend.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,41 @@
+"""Convert Meta's original LLaMA checkpoint (params.json + consolidated.NN.pth, any number
+of model-parallel shards) into a TencentPretrain weights file and model config."""
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from tencentpretrain.config import ConfigError  # noqa: E402
+from tencentpretrain.convert.meta_llama import load_meta_checkpoint  # noqa: E402
+from tencentpretrain.utils.weights import WeightsError, save_state_dict_file  # noqa: E402
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--input_model_path", required=True,
+                        help="Meta checkpoint folder: params.json and consolidated.NN.pth.")
+    parser.add_argument("--output_model_path", required=True,
+                        help="Output weights: .bin (torch zip state dict) or .safetensors.")
+    parser.add_argument("--output_config_path", default=None,
+                        help="Also write the matching model config JSON here.")
+    parser.add_argument("--max_seq_length", type=int, default=2048,
+                        help="Context length for the config (params.json does not hold it): "
+                             "2048 for LLaMA 1, 4096 for LLaMA 2.")
+    args = parser.parse_args(argv)
+    try:
+        config, state = load_meta_checkpoint(args.input_model_path, args.max_seq_length)
+    except (WeightsError, ConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    save_state_dict_file(state, args.output_model_path)
+    if args.output_config_path:
+        with open(args.output_config_path, "w", encoding="utf-8") as f:
+            json.dump(config, f, indent=2)
+            f.write("\n")
+    print(f"wrote {len(state)} tensors to {args.output_model_path}")
+
+
+if __name__ == "__main__":
+    main()

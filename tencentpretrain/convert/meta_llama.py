@@ -1,0 +1,132 @@
+"""Meta's original LLaMA checkpoints (``params.json`` + ``consolidated.NN.pth``) -> ours.
+
+Meta's q/k rows are already in our order (rotary on adjacent pairs), so converting
+is renaming plus merging the model-parallel shards: 13B and larger are split across
+several files, each tensor along its own dimension (``_LAYER_MAP``/``_GLOBAL_MAP``).
+"""
+import glob
+import json
+import os
+import re
+
+import torch
+
+from tencentpretrain.config import config_from_dict
+from tencentpretrain.utils.weights import WeightsError
+
+# Meta name -> (our name, dimension the shards split it along; None = replicated)
+_GLOBAL_MAP = {
+    "tok_embeddings.weight": ("embedding.word.embedding.weight", 1),
+    "norm.weight": ("encoder.layer_norm.weight", None),
+    "output.weight": ("target.lm.output_layer.weight", 0),
+}
+_LAYER_MAP = {  # per layer: layers.N.<meta> -> encoder.transformer.N.<ours>
+    "attention.wq.weight": ("self_attn.linear_layers.0.weight", 0),
+    "attention.wk.weight": ("self_attn.linear_layers.1.weight", 0),
+    "attention.wv.weight": ("self_attn.linear_layers.2.weight", 0),
+    "attention.wo.weight": ("self_attn.final_linear.weight", 1),
+    "feed_forward.w1.weight": ("feed_forward.linear_gate.weight", 0),
+    "feed_forward.w3.weight": ("feed_forward.linear_1.weight", 0),
+    "feed_forward.w2.weight": ("feed_forward.linear_2.weight", 1),
+    "attention_norm.weight": ("layer_norm_1.weight", None),
+    "ffn_norm.weight": ("layer_norm_2.weight", None),
+}
+_IGNORED = {"rope.freqs"}  # recomputed from rope_theta
+_LAYER_KEY = re.compile(r"layers\.(\d+)\.(.+)")
+
+
+def meta_feedforward_size(dim, multiple_of, ffn_dim_multiplier=None):
+    """The FFN width of Meta's ``FeedForward``: 2/3 of 4*dim, scaled, rounded up."""
+    hidden = int(2 * (4 * dim) / 3)
+    if ffn_dim_multiplier is not None:
+        hidden = int(ffn_dim_multiplier * hidden)
+    return multiple_of * ((hidden + multiple_of - 1) // multiple_of)
+
+
+def read_params(folder):
+    path = os.path.join(folder, "params.json")
+    if not os.path.isfile(path):
+        raise WeightsError(f"{folder}: no params.json; expected a Meta LLaMA checkpoint folder")
+    try:
+        with open(path, encoding="utf-8") as f:
+            params = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise WeightsError(f"{path}: not JSON ({e})") from None
+    for key in ("dim", "n_layers", "n_heads", "norm_eps", "multiple_of"):
+        if key not in params:
+            raise WeightsError(f'{path}: missing "{key}"')
+    return params
+
+
+def config_from_meta(params, max_seq_length=2048):
+    """Our config (a plain dict, every key explicit) from Meta's ``params.json``."""
+    dim = params["dim"]
+    return {
+        "emb_size": dim, "hidden_size": dim,
+        "feedforward_size": meta_feedforward_size(dim, params["multiple_of"],
+                                                  params.get("ffn_dim_multiplier")),
+        "heads_num": params["n_heads"], "layers_num": params["n_layers"],
+        "local_kv_heads_num": params.get("n_kv_heads") or params["n_heads"],
+        "max_seq_length": params.get("max_seq_len", max_seq_length),
+        "embedding": ["word"], "remove_embedding_layernorm": True, "encoder": "transformer",
+        "mask": "causal", "layernorm_positioning": "pre", "feed_forward": "gated",
+        "remove_transformer_bias": True, "rotary_position_embedding": True,
+        "layernorm": "rms", "hidden_act": "silu", "dropout": 0.0, "target": ["lm"],
+        "layernorm_eps": params["norm_eps"], "rope_theta": float(params.get("rope_theta", 10000.0)),
+        "tie_weights": False,
+    }
+
+
+def _our_name(meta_name):
+    """(our name, split dimension) of a Meta tensor name; WeightsError if unknown."""
+    if meta_name in _GLOBAL_MAP:
+        return _GLOBAL_MAP[meta_name]
+    match = _LAYER_KEY.fullmatch(meta_name)
+    if match and match.group(2) in _LAYER_MAP:
+        name, dim = _LAYER_MAP[match.group(2)]
+        return f"encoder.transformer.{match.group(1)}.{name}", dim
+    raise WeightsError(f"unknown tensor {meta_name} in the Meta checkpoint")
+
+
+def merge_meta_shards(shards):
+    """Our state dict from Meta's model-parallel shards (state dicts, in file order)."""
+    state = {}
+    for meta_name in shards[0]:
+        if meta_name in _IGNORED:
+            continue
+        name, dim = _our_name(meta_name)
+        missing = [i for i, shard in enumerate(shards) if meta_name not in shard]
+        if missing:
+            raise WeightsError(f"Meta shard {missing[0]} has no tensor {meta_name}")
+        parts = [shard[meta_name] for shard in shards]
+        state[name] = parts[0] if dim is None or len(parts) == 1 else torch.cat(parts, dim=dim)
+    return state
+
+
+def load_meta_checkpoint(folder, max_seq_length=2048):
+    """(config dict, our state dict) of a Meta LLaMA folder; vocab from the weights."""
+    params = read_params(folder)
+    paths = sorted(glob.glob(os.path.join(folder, "consolidated.*.pth")))
+    if not paths:
+        raise WeightsError(f"{folder}: no consolidated.NN.pth weights")
+    shards = []
+    for path in paths:
+        try:
+            shards.append(torch.load(path, map_location="cpu", weights_only=True, mmap=True))
+        except Exception as e:  # noqa: BLE001 - torch raises several kinds
+            raise WeightsError(f"{path}: not a weights file ({str(e).splitlines()[0]})") from None
+    config = config_from_meta(params, max_seq_length)
+    state = merge_meta_shards(shards)
+    vocab = params.get("vocab_size", -1)
+    embedding = state.get("embedding.word.embedding.weight")
+    if embedding is None:
+        raise WeightsError(f"{folder}: no tok_embeddings.weight")
+    if vocab > 0 and embedding.shape[0] != vocab:
+        raise WeightsError(f"{folder}: params.json says vocab_size {vocab}, tok_embeddings.weight "
+                           f"has {embedding.shape[0]} rows")
+    gate = state.get("encoder.transformer.0.feed_forward.linear_gate.weight")
+    if gate is not None and gate.shape[0] != config["feedforward_size"]:
+        raise WeightsError(f"{folder}: feed_forward.w1 has {gate.shape[0]} rows, params.json "
+                           f"gives a feedforward size of {config['feedforward_size']}")
+    config_from_dict(config, source=os.path.join(folder, "params.json"))  # validates
+    return config, state

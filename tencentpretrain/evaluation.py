@@ -1,0 +1,64 @@
+"""Loss and perplexity of a model over a token dataset, by the training loss's rules.
+
+Every batch is collated exactly as training collates it and the model returns
+``(loss_sum, counted_tokens)``; the sums over all batches are divided once, so the
+loss of one batch is its training loss and the loss of many is the mean over all
+counted tokens, whatever the batch size.
+"""
+import math
+import os
+import tempfile
+
+import torch
+
+from tencentpretrain.data import DatasetError, TokenDataset, collate, preprocess
+
+
+def batch_loss(model, batch):
+    """(loss_sum, counted_tokens) of one collated batch, called as training calls it."""
+    device = next(model.parameters()).device
+    return model(**{name: tensor.to(device) for name, tensor in batch.items()})
+
+
+@torch.no_grad()
+def evaluate(model, dataset, batch_size=8, prefix_lm_loss=False):
+    """{"loss", "perplexity", "tokens"} over every sample of ``dataset`` in order."""
+    if prefix_lm_loss and not dataset.has_prompt_lengths:
+        raise DatasetError(f"--prefix_lm_loss needs an alpaca dataset; {dataset.path} is "
+                           f"{dataset.data_processor}")
+    total, tokens = 0.0, 0
+    for start in range(0, len(dataset), batch_size):
+        samples = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+        loss_sum, count = batch_loss(model, collate(samples, dataset.pad_id, prefix_lm_loss))
+        total += float(loss_sum)
+        tokens += int(count)
+    if tokens == 0:
+        raise DatasetError(f"{dataset.path}: no counted tokens to evaluate")
+    loss = total / tokens
+    return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "tokens": tokens}
+
+
+def check_dataset_fits(dataset, model, tokenizer):
+    """The dataset must have been made with this tokenizer, for this vocabulary."""
+    if dataset.vocab_size > model.vocab_size:
+        raise DatasetError(f"{dataset.path} has a vocabulary of {dataset.vocab_size} tokens, "
+                           f"the model only {model.vocab_size}")
+    if dataset.tokenizer_sha256 != tokenizer.sha256:
+        raise DatasetError(f"{dataset.path} was made with another tokenizer than "
+                           f"{tokenizer.model_path}")
+
+
+def evaluate_dataset(model, tokenizer, dataset_path, batch_size=8, prefix_lm_loss=False):
+    dataset = TokenDataset(dataset_path)
+    check_dataset_fits(dataset, model, tokenizer)
+    return evaluate(model, dataset, batch_size, prefix_lm_loss)
+
+
+def evaluate_text(model, tokenizer, test_path, seq_length, batch_size=8):
+    """Raw text, packed into samples by preprocess.py's ``lm`` processor (one document a
+    line) in a temporary dataset, so evaluation and training see the same samples."""
+    with tempfile.TemporaryDirectory(prefix="evaluate_ppl-") as tmp:
+        dataset_path = os.path.join(tmp, "dataset")
+        preprocess(test_path, tokenizer.model_path, dataset_path, data_processor="lm",
+                   seq_length=seq_length, progress=False)
+        return evaluate_dataset(model, tokenizer, dataset_path, batch_size)

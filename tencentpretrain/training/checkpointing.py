@@ -1,0 +1,192 @@
+"""Weights in and out of a (possibly ZeRO-3 partitioned) model, and resumable state.
+
+Two kinds of output, both written so that a save killed halfway never loads:
+
+- consolidated weights ``<output_model_path>-<step>``: one plain state dict that
+  ``tencentpretrain.load_model``, inference and the HF export read directly (no
+  ``zero_to_fp32``). Under ZeRO-3 it is gathered one parameter at a time.
+- a resumable checkpoint ``<output_model_path>.checkpoints/<tag>/``: the backend's own
+  files (DeepSpeed's layout under DeepSpeed) plus ``trainer_state_rank<R>.json`` per rank
+  (step, data position, RNG states). The ``latest`` file naming the tag is written
+  last, atomically, so resuming always finds a complete save.
+"""
+import contextlib
+import json
+import os
+import random
+
+import numpy as np
+import torch
+
+from tencentpretrain.model_builder import build_model, check_state_dict, vocab_size_of
+from tencentpretrain.training.errors import TrainingError
+from tencentpretrain.utils.weights import WeightsError, load_state_dict_file, save_state_dict_file
+
+LATEST = "latest"
+
+
+def weights_path(output_model_path, step):
+    return f"{output_model_path}-{step}"
+
+
+def checkpoints_dir(output_model_path):
+    return f"{output_model_path}.checkpoints"
+
+
+def tag_of(step):
+    return f"global_step{step}"  # DeepSpeed's default tag
+
+
+def _gathered(param, zero3, modifier_rank):
+    """Under ZeRO-3 the full tensor exists only inside this context (on every rank)."""
+    if not zero3:
+        return contextlib.nullcontext()
+    import deepspeed
+    return deepspeed.zero.GatheredParameters([param], modifier_rank=modifier_rank)
+
+
+def _unique_parameters(model):
+    return list(model.named_parameters())  # tied weights appear once
+
+
+class LazyWeights:
+    """A weights file read one tensor at a time: torch zip files are memory-mapped,
+    safetensors opened lazily, so reading a 7B checkpoint never holds it all."""
+
+    def __init__(self, path):
+        self.path = path
+        if path.endswith(".safetensors"):
+            from safetensors import safe_open
+            if not os.path.isfile(path):
+                raise WeightsError(f"{path}: no such file")
+            try:
+                self._file = safe_open(path, framework="pt")
+            except Exception as e:  # noqa: BLE001 - safetensors raises several kinds
+                raise WeightsError(f"{path}: not a safetensors file ({e})") from None
+            self.shapes = {k: tuple(self._file.get_slice(k).get_shape()) for k in self._file.keys()}
+            self.tensor = self._file.get_tensor
+        else:
+            state = load_state_dict_file(path)  # mmap: tensors are paged in when touched
+            self.shapes = {k: tuple(v.shape) for k, v in state.items()}
+            self.tensor = state.__getitem__
+
+    def meta_state_dict(self):
+        return {k: torch.empty(shape, device="meta") for k, shape in self.shapes.items()}
+
+
+def open_pretrained(path, config):
+    """Check a pretrained file against the config (shapes only); returns (weights, vocab)."""
+    weights = LazyWeights(path)
+    meta = weights.meta_state_dict()
+    vocab = vocab_size_of(meta, path)
+    check_state_dict(build_model(config, vocab, device="meta"), meta, path)
+    return weights, vocab
+
+
+@torch.no_grad()
+def load_weights(model, weights, zero3, rank):
+    """Copy ``weights`` into ``model``; under ZeRO-3 rank 0 reads each tensor and
+    DeepSpeed scatters it to the partitions, so no rank holds the checkpoint."""
+    for name, param in _unique_parameters(model):
+        with _gathered(param, zero3, modifier_rank=0):
+            if rank == 0 or not zero3:
+                param.data.copy_(weights.tensor(name))
+
+
+@torch.no_grad()
+def init_weights(model, zero3, rank, std=0.02):
+    """Training from scratch. Under ZeRO-3 each top-level block (embedding, one layer,
+    the head) is gathered and initialised on rank 0 in turn, never the whole model."""
+    if not zero3:
+        model.init_weights(std)
+        return
+    import deepspeed
+    blocks = [model.embedding, *model.encoder.transformer, model.encoder.layer_norm, model.target]
+    for block in [b for b in blocks if b is not None]:
+        with deepspeed.zero.GatheredParameters(list(block.parameters()), modifier_rank=0):
+            if rank == 0:
+                type(model).init_weights(block, std)  # the model's own rule, on one block
+
+
+@torch.no_grad()
+def consolidated_state_dict(model, zero3, rank):
+    """The full weights on rank 0 (None elsewhere), in the training precision."""
+    state = {} if rank == 0 else None
+    for name, param in _unique_parameters(model):
+        with _gathered(param, zero3, modifier_rank=None):
+            if rank == 0:
+                state[name] = param.detach().to("cpu", copy=True)
+    return state
+
+
+def save_weights(model, path, zero3, rank):
+    state = consolidated_state_dict(model, zero3, rank)
+    if rank == 0:
+        save_state_dict_file(state, path)
+
+
+# ---- resumable trainer state (per rank JSON beside the backend's files) ----
+
+def rng_state():
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    state = {"torch": torch.get_rng_state().tolist(),
+             "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+             "python": [py_state[0], list(py_state[1]), py_state[2]]}
+    if torch.cuda.is_available():
+        state["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def set_rng_state(state):
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), *rest))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
+
+
+def _write_atomic(path, text):
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def trainer_state_path(directory, tag, rank):
+    return os.path.join(directory, tag, f"trainer_state_rank{rank}.json")
+
+
+def save_trainer_state(directory, tag, rank, state):
+    os.makedirs(os.path.join(directory, tag), exist_ok=True)
+    _write_atomic(trainer_state_path(directory, tag, rank), json.dumps(state))
+
+
+def load_trainer_state(directory, tag, rank):
+    path = trainer_state_path(directory, tag, rank)
+    if not os.path.isfile(path):
+        raise TrainingError(f"--resume_from_checkpoint {directory}: {path} is missing (saved "
+                            "with fewer ranks, or not a pretrain.py checkpoint)")
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def write_latest(directory, tag):
+    _write_atomic(os.path.join(directory, LATEST), tag)
+
+
+def read_latest(directory):
+    path = os.path.join(directory, LATEST)
+    if not os.path.isfile(path):
+        raise TrainingError(f"--resume_from_checkpoint {directory}: no '{LATEST}' file (no "
+                            "complete save in it)")
+    with open(path, encoding="utf-8") as f:
+        tag = f.read().strip()
+    if not tag or not os.path.isdir(os.path.join(directory, tag)):
+        raise TrainingError(f"--resume_from_checkpoint {directory}: '{LATEST}' names {tag!r}, "
+                            "which is not a folder there")
+    return tag

@@ -1,0 +1,220 @@
+"""Two backends behind one small interface, so the trainer never asks which it has.
+
+    backend = make_backend(args, ds_config)      # processes, ranks, device
+    with backend.model_context(): model = ...    # ZeRO-3: built partitioned
+    backend.prepare(model, lr_multiplier)        # optimizer, scheduler, wrapping
+    loss_sum, count = backend.forward(batch)
+    backend.backward(loss)                       # once per micro-batch
+    grad_norm = backend.step()                   # once per optimizer step
+    backend.save_checkpoint(dir, tag) / backend.load_checkpoint(dir, tag)
+
+``TorchBackend`` is one process of plain PyTorch (debugging, benchmarks);
+``DeepSpeedBackend`` hands processes, partitioning, precision and checkpoint
+layout to DeepSpeed. Both scale gradients the same way (``loss_divisor``).
+"""
+import contextlib
+import os
+import warnings
+
+import torch
+import torch.distributed as dist
+
+from tencentpretrain.training.ds_config import precision
+from tencentpretrain.training.errors import TrainingError
+from tencentpretrain.training.scheduler import build_scheduler
+from tencentpretrain.utils.weights import load_state_dict_file, save_state_dict_file
+
+
+class TorchBackend:
+    """One process, torch.optim.AdamW with the DeepSpeed config's settings; fp32 weights,
+    bf16 autocast when the config asks for bf16 (and the device has it)."""
+    rank, world_size, zero3 = 0, 1, False
+    loss_divisor = 1  # loss.backward() applies the gradient as is
+
+    def __init__(self, args, ds_config):
+        self.ds_config = ds_config
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.precision = precision(ds_config)
+        self.model = self.optimizer = self.scheduler = None
+
+    def checkpoint_fn(self):
+        return None  # the encoder's default: torch's non-reentrant checkpoint
+
+    def close(self):
+        pass
+
+    def model_context(self):
+        return contextlib.nullcontext()
+
+    def prepare(self, model, lr_multiplier):
+        optimizer = self.ds_config["optimizer"]
+        if optimizer.get("type", "").lower() not in ("adam", "adamw"):
+            raise TrainingError(f"the one-process backend trains with AdamW, not "
+                                f"{optimizer.get('type')!r}; run under --deepspeed")
+        params = {k: v for k, v in optimizer["params"].items()
+                  if k in ("lr", "betas", "eps", "weight_decay")}
+        self.model = model.to(self.device)
+        self.optimizer = torch.optim.AdamW(model.parameters(), **params)
+        self.scheduler = build_scheduler(self.optimizer, lr_multiplier)
+        self.clip = self.ds_config.get("gradient_clipping", 0.0)
+
+    def forward(self, batch):
+        with torch.autocast(self.device.type, torch.bfloat16, enabled=self.precision == "bf16"):
+            return self.model(**{k: v.to(self.device) for k, v in batch.items()})
+
+    def backward(self, loss):
+        loss.backward()
+
+    def step(self):
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        norm = torch.nn.utils.clip_grad_norm_(params, self.clip if self.clip > 0 else float("inf"))
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(norm)
+
+    @property
+    def lr(self):
+        return self.scheduler.get_last_lr()[0]
+
+    def all_reduce_sum(self, tensor):
+        return tensor
+
+    def barrier(self):
+        pass
+
+    def save_checkpoint(self, directory, tag):
+        folder = os.path.join(directory, tag)
+        save_state_dict_file(self.model.state_dict(), os.path.join(folder, "model.bin"))
+        state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+        tmp = os.path.join(folder, f"training_states.pt.tmp-{os.getpid()}")
+        torch.save(state, tmp)
+        os.replace(tmp, os.path.join(folder, "training_states.pt"))
+
+    def load_checkpoint(self, directory, tag):
+        folder = os.path.join(directory, tag)
+        if not os.path.isfile(os.path.join(folder, "training_states.pt")):
+            raise TrainingError(f"--resume_from_checkpoint {directory}: {folder} is not a "
+                                "one-process checkpoint (saved under --deepspeed? resume there)")
+        self.model.load_state_dict(load_state_dict_file(os.path.join(folder, "model.bin")))
+        state = torch.load(os.path.join(folder, "training_states.pt"), map_location="cpu",
+                           weights_only=True)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+
+
+class DeepSpeedBackend(TorchBackend):
+    """DeepSpeed's engine; the config has already been reconciled (ds_config.reconcile)."""
+
+    def __init__(self, args, ds_config):
+        import deepspeed
+        from deepspeed.accelerator import get_accelerator
+        # DeepSpeed still calls torch.distributed functions torch has deprecated (not ours to fix)
+        warnings.filterwarnings("ignore", message=r".*is deprecated\. Please use .*_single",
+                                category=FutureWarning)
+        deepspeed.init_distributed()
+        self.deepspeed = deepspeed
+        self.ds_config = ds_config
+        self.zero3 = bool(args.enable_zero3)
+        self.config_path = args.deepspeed_config
+        self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+        accelerator = get_accelerator()
+        self.device = torch.device("cpu")
+        if accelerator.device_name() != "cpu":
+            local_rank = int(os.environ.get("LOCAL_RANK", max(args.local_rank, 0)))
+            accelerator.set_device(local_rank)
+            self.device = torch.device(accelerator.device_name(local_rank))
+        self.precision = precision(ds_config)
+        # DeepSpeed divides each micro-batch loss by the accumulation steps and averages
+        # gradients over ranks; the trainer multiplies this back (see loss.py).
+        self.loss_divisor = ds_config["gradient_accumulation_steps"] * self.world_size
+        self.engine = None
+
+    def model_context(self):
+        if not self.zero3:
+            return contextlib.nullcontext()
+        return self.deepspeed.zero.Init(config_dict_or_path=self.ds_config)
+
+    def prepare(self, model, lr_multiplier):
+        self.model = model
+        try:
+            self.engine, self.optimizer, _, self.scheduler = self.deepspeed.initialize(
+                model=model, model_parameters=model.parameters(), config=self.ds_config,
+                lr_scheduler=lambda optimizer: build_scheduler(optimizer, lr_multiplier))
+        except (ValueError, TypeError, AssertionError) as e:  # config DeepSpeed refuses
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise TrainingError(f"DeepSpeed refused --deepspeed_config "
+                                f"{self.config_path}: {first}") from None
+
+    def checkpoint_fn(self):
+        """DeepSpeed's (reentrant) activation checkpoint, configured without partitioning."""
+        self.deepspeed.checkpointing.configure(None, partition_activations=False,
+                                               contiguous_checkpointing=False,
+                                               checkpoint_in_cpu=False)
+        return self.deepspeed.checkpointing.checkpoint
+
+    def forward(self, batch):
+        return self.engine(**{k: v.to(self.device) for k, v in batch.items()})
+
+    def backward(self, loss):
+        self.engine.backward(loss)
+        self.engine.step()  # DeepSpeed steps the optimizer only at the accumulation boundary
+
+    def step(self):
+        norm = self.engine.get_global_grad_norm()
+        return float(norm) if norm is not None else float("nan")
+
+    @property
+    def lr(self):
+        return self.engine.get_lr()[0]
+
+    def all_reduce_sum(self, tensor):
+        tensor = tensor.to(self.device)
+        dist.all_reduce(tensor)
+        return tensor
+
+    def barrier(self):
+        dist.barrier()
+
+    def close(self):
+        dist.barrier()
+        dist.destroy_process_group()
+
+    def save_checkpoint(self, directory, tag):
+        self.engine.save_checkpoint(directory, tag, save_latest=False)
+
+    def load_checkpoint(self, directory, tag):
+        path, _ = self.engine.load_checkpoint(directory, tag, load_optimizer_states=True,
+                                              load_lr_scheduler_states=True)
+        if path is None:
+            raise TrainingError(f"--resume_from_checkpoint {directory}: DeepSpeed found no "
+                                f"checkpoint for tag {tag}")
+
+
+def make_backend(args, ds_config):
+    return DeepSpeedBackend(args, ds_config) if args.deepspeed else TorchBackend(args, ds_config)
+
+
+def precision_refusal(args, wanted):
+    """Why the ``wanted`` precision (bf16/fp16) from the DeepSpeed config cannot be had
+    here, or None. The one-process backend does bf16 autocast where the device has bf16
+    arithmetic; DeepSpeed without a GPU (its CPU accelerator) trains in fp32."""
+    if args.deepspeed:
+        from deepspeed.accelerator import get_accelerator
+        if get_accelerator().device_name() == "cpu":
+            return "this machine has no GPU (DeepSpeed runs on its CPU accelerator)"
+        return None
+    if wanted == "fp16":
+        return "the one-process backend has no fp16 loss scaling"
+    if torch.cuda.is_available():
+        return None if torch.cuda.is_bf16_supported() else "this GPU has no bf16"
+    return None if _cpu_has_bf16() else "this CPU has no bf16 instructions"
+
+
+def _cpu_has_bf16():
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return "avx512_bf16" in flags.split() or "amx_bf16" in flags.split()

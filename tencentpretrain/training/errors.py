@@ -1,0 +1,6 @@
+"""The one exception type of training; its message is a single line for ``error: ...``."""
+
+
+class TrainingError(ValueError):
+    """Options, data or checkpoints that cannot train together (raised before the first step),
+    or a run that must stop (a non-finite loss)."""

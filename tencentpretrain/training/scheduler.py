@@ -1,0 +1,35 @@
+"""Learning-rate schedules as a multiplier of ``--learning_rate`` per optimizer step.
+
+All schedules warm up linearly over ``warmup * total_steps`` steps, then:
+``linear`` decays to 0 at ``total_steps``, ``cosine`` follows half a cosine to 0,
+``constant_with_warmup`` stays at 1. The multiplier is a plain function of the step
+(not an object whose fields a checkpoint would restore), so a resumed run follows
+the schedule of its own command line and gets the same rates as an unbroken run.
+"""
+import math
+
+import torch
+
+SCHEDULERS = ("linear", "cosine", "constant_with_warmup")
+
+
+def lr_multiplier(kind, total_steps, warmup):
+    if kind not in SCHEDULERS:
+        raise ValueError(f"unknown scheduler {kind!r}; known: {', '.join(SCHEDULERS)}")
+    warmup_steps = int(total_steps * warmup)
+
+    def multiplier(step):
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if kind == "constant_with_warmup":
+            return 1.0
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        if kind == "linear":
+            return 1.0 - progress
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return multiplier
+
+
+def build_scheduler(optimizer, multiplier):
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)

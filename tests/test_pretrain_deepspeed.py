@@ -1,0 +1,106 @@
+"""Real 2-rank DeepSpeed ZeRO-3 runs of pretrain.py (CPU: gloo + DeepSpeed's CPU accelerator).
+
+Three launches: lm pre-training with DeepSpeed's activation checkpointing (saving at steps
+3 and 6), a resume of it from step 3, and alpaca instruction tuning with --prefix_lm_loss
+from the lm run's weights. Each is checked against the one-process backend on the same
+global batch: 2 ranks x batch 2 read exactly the samples one process reads with batch 4.
+"""
+import os
+import re
+import shutil
+
+import pytest
+import torch
+
+import tencentpretrain
+from tencentpretrain.utils.weights import load_state_dict_file
+from tests.test_training_helpers import (TINY, ZERO3, logged_losses, pretrain_argv,
+                                         run_in_process, run_script)
+
+LAUNCHER = ["deepspeed", "--num_gpus", "2"]
+DEEPSPEED = ["--deepspeed", "--deepspeed_config", ZERO3, "--enable_zero3", "--world_size", "2"]
+
+
+def launch(argv):
+    result = run_script(argv, launcher=LAUNCHER)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout
+
+
+def one_process(argv, capsys):
+    run_in_process(argv)
+    return logged_losses(capsys.readouterr().out)
+
+
+def assert_same_run(zero3_losses, plain_losses, zero3_weights=None, plain_weights=None):
+    assert sorted(zero3_losses) == sorted(plain_losses)
+    for step in plain_losses:
+        assert zero3_losses[step] == pytest.approx(plain_losses[step], abs=2e-4), step
+    if zero3_weights:
+        a, b = load_state_dict_file(zero3_weights), load_state_dict_file(plain_weights)
+        assert a.keys() == b.keys()
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def lm_run(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("zero3_lm") / "m")
+    log = launch(pretrain_argv(out, steps=6, save=3, batch=2, extra=DEEPSPEED + [
+        "--deepspeed_checkpoint_activations", "--deepspeed_checkpoint_layers_num", "1"]))
+    return out, log
+
+
+def test_zero3_partitions_the_model(lm_run):
+    _, log = lm_run
+    pattern = r"rank 0 stores ([\d,]+) of ([\d,]+) parameter elements \((\d+) materialised\)"
+    stored, full, visible = (int(n.replace(",", "")) for n in re.search(pattern, log).groups())
+    assert full == tencentpretrain.build_model(TINY, 32000, device="meta").num_parameters()
+    assert stored <= full // 2 + 64 and visible == 0
+
+
+def test_zero3_with_activation_checkpointing_trains_like_one_process(lm_run, tmp_path, capsys):
+    out, log = lm_run
+    plain = one_process(pretrain_argv(str(tmp_path / "m"), steps=6, save=6, batch=4), capsys)
+    assert_same_run(logged_losses(log), plain, out + "-6", str(tmp_path / "m-6"))
+
+
+def test_zero3_outputs(lm_run):
+    out, _ = lm_run
+    model = tencentpretrain.load_model(TINY, out + "-6")  # no zero_to_fp32 step
+    assert model.vocab_size == 32000
+    checkpoints = out + ".checkpoints"
+    assert open(os.path.join(checkpoints, "latest")).read() == "global_step6"
+    for tag in ("global_step3", "global_step6"):
+        files = set(os.listdir(os.path.join(checkpoints, tag)))
+        for rank in (0, 1):  # DeepSpeed's own per-rank layout, plus our per-rank state
+            assert f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt" in files
+            assert f"trainer_state_rank{rank}.json" in files
+
+
+def test_zero3_resume_is_exact(lm_run, tmp_path):
+    out, log = lm_run
+    resumed = str(tmp_path / "m")
+    shutil.copytree(out + ".checkpoints/global_step3", resumed + ".checkpoints/global_step3")
+    with open(resumed + ".checkpoints/latest", "w") as f:  # as if killed after the step-3 save
+        f.write("global_step3")
+    resumed_log = launch(pretrain_argv(resumed, steps=6, save=3, batch=2, extra=DEEPSPEED + [
+        "--deepspeed_checkpoint_activations", "--resume_from_checkpoint",
+        resumed + ".checkpoints"]))
+    before, after = logged_losses(log), logged_losses(resumed_log)
+    assert sorted(after) == [4, 5, 6] and all(after[s] == before[s] for s in after)
+    a, b = load_state_dict_file(out + "-6"), load_state_dict_file(resumed + "-6")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_zero3_alpaca_prefix_lm_loss_from_pretrained(lm_run, tmp_path, capsys):
+    """Loading the pretrained file into partitioned parameters gives the same model as a
+    one-process load: step 1's loss (before any update) and every later step agree."""
+    pretrained = lm_run[0] + "-6"
+    extra = ["--prefix_lm_loss", "--pretrained_model_path", pretrained]
+    log = launch(pretrain_argv(str(tmp_path / "z" / "m"), dataset="alpaca", steps=3, save=3,
+                               batch=2, extra=DEEPSPEED + extra))
+    plain = one_process(pretrain_argv(str(tmp_path / "p" / "m"), dataset="alpaca", steps=3,
+                                      save=3, batch=4, extra=extra), capsys)
+    assert_same_run(logged_losses(log), plain, str(tmp_path / "z" / "m-3"),
+                    str(tmp_path / "p" / "m-3"))

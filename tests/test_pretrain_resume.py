@@ -1,0 +1,31 @@
+"""Exact resume in one process: 8 steps == 4 steps, stop, resume to 8 (bitwise on CPU)."""
+import os
+import shutil
+
+import torch
+
+from tencentpretrain.training.checkpointing import read_latest
+from tencentpretrain.utils.weights import load_state_dict_file
+from tests.test_training_helpers import logged_losses, pretrain_argv, run_in_process
+
+
+def test_resume_is_bitwise_exact(tmp_path, capsys):
+    full = str(tmp_path / "full" / "m")
+    run_in_process(pretrain_argv(full, steps=8, save=4))
+    unbroken = logged_losses(capsys.readouterr().out)
+
+    # a run "killed" after its step-4 save: only that save and its latest are left
+    resumed = str(tmp_path / "resumed" / "m")
+    os.makedirs(resumed + ".checkpoints")
+    shutil.copytree(full + ".checkpoints/global_step4", resumed + ".checkpoints/global_step4")
+    with open(resumed + ".checkpoints/latest", "w") as f:
+        f.write("global_step4")
+    run_in_process(pretrain_argv(resumed, steps=8, save=4,
+                                 extra=["--resume_from_checkpoint", resumed + ".checkpoints"]))
+    after = logged_losses(capsys.readouterr().out)
+
+    assert sorted(after) == [5, 6, 7, 8]
+    assert all(after[s] == unbroken[s] for s in after)
+    a, b = load_state_dict_file(full + "-8"), load_state_dict_file(resumed + "-8")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert read_latest(resumed + ".checkpoints") == "global_step8"

@@ -1,0 +1,72 @@
+"""Shared by the training tests (no tests here): small datasets made once per session from
+../shared/data, and ways to run pretrain.py in-process, as a script, or under deepspeed."""
+import functools
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+from tests.conftest import ROOT, SHARED_DATA
+
+LLAMA_SPM = os.path.join(SHARED_DATA, "llama_tokenizer.model")
+CHINESE_SPM = os.path.join(SHARED_DATA, "cluecorpussmall_spm.model")
+TINY = os.path.join(ROOT, "models", "llama", "tiny_config.json")
+ZERO3 = os.path.join(ROOT, "models", "deepspeed_zero3_config.json")
+ZERO2 = os.path.join(ROOT, "models", "deepspeed_config.json")
+
+
+def _preprocess(corpus, spm, out, processor, seq_length):
+    subprocess.run([sys.executable, os.path.join(ROOT, "preprocess.py"), "--corpus_path", corpus,
+                    "--spm_model_path", spm, "--dataset_path", out, "--data_processor", processor,
+                    "--seq_length", str(seq_length)], check=True, capture_output=True, cwd=ROOT)
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def datasets():
+    """{"lm", "alpaca", "chinese_lm"} dataset folders (LLaMA tokenizer unless named)."""
+    root = tempfile.mkdtemp(prefix="tp_training_")
+    chinese_corpus = os.path.join(root, "clue_head.txt")
+    with open(os.path.join(SHARED_DATA, "CLUECorpusSmall_sampled.txt"), encoding="utf-8") as f:
+        head = [next(f) for _ in range(40)]
+    with open(chinese_corpus, "w", encoding="utf-8") as f:
+        f.writelines(head)
+    return {
+        "lm": _preprocess(os.path.join(SHARED_DATA, "c4_demo.jsonl"), LLAMA_SPM,
+                          os.path.join(root, "lm"), "lm", 64),
+        "alpaca": _preprocess(os.path.join(SHARED_DATA, "alpaca_zh_demo.json"), LLAMA_SPM,
+                              os.path.join(root, "alpaca"), "alpaca", 128),
+        "chinese_lm": _preprocess(chinese_corpus, CHINESE_SPM, os.path.join(root, "chinese_lm"),
+                                  "lm", 64),
+    }
+
+
+def pretrain_argv(output, dataset="lm", steps=6, save=3, batch=4, extra=()):
+    """A small run of the tiny config; the LLaMA tokenizer; report every step."""
+    argv = ["--dataset_path", datasets()[dataset], "--spm_model_path", LLAMA_SPM,
+            "--config_path", TINY, "--output_model_path", output, "--total_steps", str(steps),
+            "--save_checkpoint_steps", str(save), "--report_steps", "1", "--batch_size",
+            str(batch), "--learning_rate", "1e-3", "--warmup", "0",
+            "--data_processor", "alpaca" if dataset == "alpaca" else "lm"]
+    return argv + list(extra)
+
+
+def run_in_process(argv):
+    """train() in this process (the one-process backend); returns nothing, raises errors."""
+    from tencentpretrain.training import build_parser, train
+    train(build_parser().parse_args(argv))
+
+
+def run_script(argv, launcher=None, timeout=600):
+    """pretrain.py as a subprocess (under ``launcher``, e.g. ["deepspeed", "--num_gpus", "2"])."""
+    cmd = (launcher or [sys.executable]) + [os.path.join(ROOT, "pretrain.py")] + list(argv)
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=timeout)
+
+
+def logged_losses(text):
+    """{step: loss} from pretrain.py's report lines."""
+    return {int(s): float(l) for s, l in re.findall(r"step\s+(\d+) \| loss ([0-9.]+)", text)}

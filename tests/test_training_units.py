@@ -1,0 +1,106 @@
+"""The pieces of training, in-process: loss mask, loss normalisation, activation
+checkpointing, schedules, and that the loss falls on a repeated batch."""
+import argparse
+
+import pytest
+import torch
+
+import tencentpretrain
+from tencentpretrain.data import BatchIterator, TokenDataset
+from tencentpretrain.tokenizer import SpmTokenizer
+from tencentpretrain.training.engine import TorchBackend
+from tencentpretrain.training.ds_config import reconcile
+from tencentpretrain.training.loss import scaled_loss
+from tencentpretrain.training.scheduler import lr_multiplier
+from tests.test_training_helpers import LLAMA_SPM, TINY, datasets
+
+
+def alpaca_batch(batch_size=4, prefix_lm_loss=True):
+    dataset = TokenDataset(datasets()["alpaca"])
+    it = BatchIterator(dataset, batch_size, seed=7, prefix_lm_loss=prefix_lm_loss)
+    return dataset, next(it)
+
+
+def test_loss_mask_is_exactly_the_answer_span():
+    dataset, batch = alpaca_batch()
+    order = BatchIterator(dataset, 4, seed=7).order(0)[:4]
+    tokenizer = SpmTokenizer(LLAMA_SPM)
+    for row, index in enumerate(order):
+        sample = dataset[int(index)]
+        learned = batch["labels"][row][batch["loss_mask"][row]].tolist()
+        # the labels learned are the sample after its prompt: the answer, then eos
+        assert learned == sample.tokens[sample.prompt_length:].tolist()
+        assert learned[-1] == tokenizer.eos_id or len(sample.tokens) == dataset.seq_length + 1
+        assert sample.prompt_length > 1 and len(learned) > 0
+
+
+def test_without_prefix_lm_loss_every_real_token_counts():
+    _, batch = alpaca_batch(prefix_lm_loss=False)
+    assert torch.equal(batch["loss_mask"], batch["seg"] > 0)
+
+
+def test_global_batch_normalisation_matches_one_big_batch():
+    """Micro-batches of different sizes, scaled by the global count, give the gradient
+    of the mean over all counted tokens (what accumulation over ranks must give too)."""
+    torch.manual_seed(0)
+    model = tencentpretrain.build_model(TINY, 32000)
+    _, batch = alpaca_batch(batch_size=4)
+    halves = [{k: v[:1] for k, v in batch.items()}, {k: v[1:] for k, v in batch.items()}]
+    total = int(batch["loss_mask"].sum())
+    for divisor in (1, 4):  # one process; DeepSpeed with A x W = 4 (it divides by 4 itself)
+        model.zero_grad()
+        for half in halves:
+            loss_sum, _ = model(**half)
+            (scaled_loss(loss_sum, total, divisor) / divisor).backward()
+        accumulated = [p.grad.clone() for p in model.parameters()]
+        model.zero_grad()
+        loss_sum, count = model(**batch)
+        (loss_sum / count).backward()
+        for a, p in zip(accumulated, model.parameters()):
+            torch.testing.assert_close(a, p.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_activation_checkpointing_gives_the_same_loss_and_gradients():
+    _, batch = alpaca_batch()
+    results = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = tencentpretrain.build_model(TINY, 32000).train()
+        model.init_weights()
+        if checkpointing:
+            model.encoder.enable_activation_checkpointing(layers_per_checkpoint=2)
+        loss_sum, count = model(**batch)
+        (loss_sum / count).backward()
+        results.append((loss_sum.detach(), [p.grad for p in model.parameters()]))
+    assert torch.equal(results[0][0], results[1][0])
+    for a, b in zip(results[0][1], results[1][1]):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+def test_loss_falls_when_one_batch_is_repeated():
+    torch.manual_seed(0)
+    model = tencentpretrain.build_model(TINY, 32000)
+    model.init_weights()
+    args = argparse.Namespace(batch_size=4, accumulation_steps=1, deepspeed_config=None,
+                              enable_zero3=False, deepspeed=False, learning_rate=3e-3)
+    config = reconcile(args, {}, 1, lambda wanted: None, print)  # the shipped optimizer defaults
+    backend = TorchBackend(None, config)
+    backend.prepare(model.train(), lr_multiplier("constant_with_warmup", 30, 0.0))
+    _, batch = alpaca_batch()
+    losses = []
+    for _ in range(30):
+        loss_sum, count = backend.forward(batch)
+        backend.backward(scaled_loss(loss_sum, int(count), backend.loss_divisor))
+        backend.step()
+        losses.append(loss_sum.item() / int(count))
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+@pytest.mark.parametrize("kind,expected", [
+    ("linear", [0.5, 1.0, 0.75, 0.5, 0.25, 0.0]),
+    ("cosine", [0.5, 1.0, 0.8535534, 0.5, 0.1464466, 0.0]),
+    ("constant_with_warmup", [0.5, 1.0, 1.0, 1.0, 1.0, 1.0]),
+])
+def test_schedules(kind, expected):
+    multiplier = lr_multiplier(kind, total_steps=10, warmup=0.2)  # 2 warm-up steps
+    assert [multiplier(s) for s in (0, 1, 4, 6, 8, 10)] == pytest.approx(expected, abs=1e-6)
