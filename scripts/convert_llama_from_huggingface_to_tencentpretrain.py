@@ -1,12 +1,11 @@
 """Convert a Hugging Face LLaMA folder into a TencentPretrain weights file."""
 import argparse
-import json
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tencentpretrain.config import ConfigError  # noqa: E402
+from tencentpretrain.config import ConfigError, save_config  # noqa: E402
 from tencentpretrain.convert.hf_llama import (config_from_hf, hf_to_tencentpretrain,  # noqa: E402
                                               read_hf_folder)
 from tencentpretrain.utils.weights import WeightsError, save_state_dict_file  # noqa: E402
@@ -26,13 +25,11 @@ def main(argv=None):
         config = config_from_hf(hf_config)
         state = hf_to_tencentpretrain(hf_state, config)
     except (WeightsError, ConfigError, KeyError) as e:
-        sys.exit(f"error: {e}")
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     save_state_dict_file(state, args.output_model_path)
     if args.output_config_path:
-        fields = {k: v for k, v in vars(config).items() if k != "source"}
-        with open(args.output_config_path, "w", encoding="utf-8") as f:
-            json.dump(fields, f, indent=2)
-            f.write("\n")
+        save_config(config, args.output_config_path)
     print(f"wrote {len(state)} tensors to {args.output_model_path}")
 
 

@@ -1,13 +1,12 @@
 """Convert Meta's original LLaMA checkpoint (params.json + consolidated.NN.pth, any number
 of model-parallel shards) into a TencentPretrain weights file and model config."""
 import argparse
-import json
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tencentpretrain.config import ConfigError  # noqa: E402
+from tencentpretrain.config import ConfigError, save_config  # noqa: E402
 from tencentpretrain.convert.meta_llama import load_meta_checkpoint  # noqa: E402
 from tencentpretrain.utils.weights import WeightsError, save_state_dict_file  # noqa: E402
 
@@ -31,9 +30,7 @@ def main(argv=None):
         sys.exit(2)
     save_state_dict_file(state, args.output_model_path)
     if args.output_config_path:
-        with open(args.output_config_path, "w", encoding="utf-8") as f:
-            json.dump(config, f, indent=2)
-            f.write("\n")
+        save_config(config, args.output_config_path)
     print(f"wrote {len(state)} tensors to {args.output_model_path}")
 
 

@@ -127,3 +127,12 @@ def load_config(path):
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a model config must be a JSON object")
     return config_from_dict(raw, source=path)
+
+
+def save_config(config, path):
+    """Write a ModelConfig (or a plain dict of config keys) as a JSON model config."""
+    if isinstance(config, ModelConfig):
+        config = {f.name: getattr(config, f.name) for f in fields(ModelConfig) if f.name != "source"}
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(config, f, indent=2)
+        f.write("\n")
