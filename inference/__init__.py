@@ -1,10 +1,9 @@
 """Command-line options and error reporting shared by the inference scripts."""
-import sys
-
 from tencentpretrain.config import ConfigError
 from tencentpretrain.generation import GenerationError
 from tencentpretrain.prompts import TemplateError
 from tencentpretrain.tokenizer import TokenizerError
+from tencentpretrain.utils.cli import run as run_cli
 from tencentpretrain.utils.weights import WeightsError
 
 # Bad input of any kind: reported as one line, never as a traceback.
@@ -25,13 +24,5 @@ def add_model_options(parser):
 
 
 def run(main, errors=INPUT_ERRORS):
-    """Call ``main()``; bad input becomes ``error: ...`` on stderr and exit status 2,
-    Ctrl-C a quiet exit with status 130."""
-    try:
-        main()
-    except errors as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print(file=sys.stderr)
-        sys.exit(130)
+    """Call ``main()`` with the package's one-line error reporting (exit 2, Ctrl-C 130)."""
+    run_cli(main, errors)

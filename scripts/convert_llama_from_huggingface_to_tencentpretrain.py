@@ -5,10 +5,12 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tencentpretrain.config import ConfigError, save_config  # noqa: E402
+from tencentpretrain.config import ConfigError  # noqa: E402
+from tencentpretrain.convert import write_converted  # noqa: E402
 from tencentpretrain.convert.hf_llama import (config_from_hf, hf_to_tencentpretrain,  # noqa: E402
                                               read_hf_folder)
-from tencentpretrain.utils.weights import WeightsError, save_state_dict_file  # noqa: E402
+from tencentpretrain.utils.cli import run  # noqa: E402
+from tencentpretrain.utils.weights import WeightsError  # noqa: E402
 
 
 def main(argv=None):
@@ -20,17 +22,14 @@ def main(argv=None):
     parser.add_argument("--output_config_path", default=None,
                         help="Also write the matching model config JSON here.")
     args = parser.parse_args(argv)
-    try:
+
+    def convert():
         hf_config, hf_state = read_hf_folder(args.input_model_path)
         config = config_from_hf(hf_config)
         state = hf_to_tencentpretrain(hf_state, config)
-    except (WeightsError, ConfigError, KeyError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    save_state_dict_file(state, args.output_model_path)
-    if args.output_config_path:
-        save_config(config, args.output_config_path)
-    print(f"wrote {len(state)} tensors to {args.output_model_path}")
+        write_converted(state, config, args.output_model_path, args.output_config_path)
+
+    run(convert, (WeightsError, ConfigError, KeyError))
 
 
 if __name__ == "__main__":

@@ -6,9 +6,11 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tencentpretrain.config import ConfigError, save_config  # noqa: E402
+from tencentpretrain.config import ConfigError  # noqa: E402
+from tencentpretrain.convert import write_converted  # noqa: E402
 from tencentpretrain.convert.meta_llama import load_meta_checkpoint  # noqa: E402
-from tencentpretrain.utils.weights import WeightsError, save_state_dict_file  # noqa: E402
+from tencentpretrain.utils.cli import run  # noqa: E402
+from tencentpretrain.utils.weights import WeightsError  # noqa: E402
 
 
 def main(argv=None):
@@ -23,15 +25,12 @@ def main(argv=None):
                         help="Context length for the config (params.json does not hold it): "
                              "2048 for LLaMA 1, 4096 for LLaMA 2.")
     args = parser.parse_args(argv)
-    try:
+
+    def convert():
         config, state = load_meta_checkpoint(args.input_model_path, args.max_seq_length)
-    except (WeightsError, ConfigError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    save_state_dict_file(state, args.output_model_path)
-    if args.output_config_path:
-        save_config(config, args.output_config_path)
-    print(f"wrote {len(state)} tensors to {args.output_model_path}")
+        write_converted(state, config, args.output_model_path, args.output_config_path)
+
+    run(convert, (WeightsError, ConfigError))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 import argparse
 import json
 import os
+import shutil
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -10,6 +11,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from tencentpretrain.config import ConfigError, load_config  # noqa: E402
 from tencentpretrain.convert.hf_llama import config_to_hf, tencentpretrain_to_hf  # noqa: E402
 from tencentpretrain.model_builder import vocab_size_of  # noqa: E402
+from tencentpretrain.tokenizer import SpmTokenizer, TokenizerError  # noqa: E402
+from tencentpretrain.utils.cli import run  # noqa: E402
 from tencentpretrain.utils.weights import (WeightsError, load_state_dict_file,  # noqa: E402
                                            save_state_dict_file)
 
@@ -25,21 +28,22 @@ def main(argv=None):
                         help="Tokenizer: bos/eos ids for config.json and a copy as "
                              "tokenizer.model in the folder.")
     args = parser.parse_args(argv)
-    try:
-        config = load_config(args.config_path)
-        state = load_state_dict_file(args.input_model_path)
-        vocab_size = vocab_size_of(state, args.input_model_path)
-        hf_state = tencentpretrain_to_hf(state, config)
-    except (WeightsError, ConfigError) as e:
-        sys.exit(f"error: {e}")
-    except KeyError as e:
-        sys.exit(f"error: {args.input_model_path}: missing tensor {e.args[0]} for "
-                 f"config {args.config_path}")
+    run(lambda: convert(args), (WeightsError, ConfigError, TokenizerError))
+
+
+def convert(args):
     bos_id, eos_id = 1, 2
-    if args.spm_model_path:
-        from tencentpretrain.tokenizer import SpmTokenizer
+    if args.spm_model_path:  # checked first: a bad tokenizer path fails before any heavy work
         tokenizer = SpmTokenizer(args.spm_model_path)
         bos_id, eos_id = tokenizer.bos_id, tokenizer.eos_id
+    config = load_config(args.config_path)
+    state = load_state_dict_file(args.input_model_path)
+    vocab_size = vocab_size_of(state, args.input_model_path)
+    try:
+        hf_state = tencentpretrain_to_hf(state, config)
+    except KeyError as e:
+        raise WeightsError(f"{args.input_model_path}: missing tensor {e.args[0]} for "
+                           f"config {args.config_path}") from None
     dtype = str(next(iter(hf_state.values())).dtype).replace("torch.", "")
     os.makedirs(args.output_model_path, exist_ok=True)
     with open(os.path.join(args.output_model_path, "config.json"), "w", encoding="utf-8") as f:
@@ -47,7 +51,6 @@ def main(argv=None):
         f.write("\n")
     save_state_dict_file(hf_state, os.path.join(args.output_model_path, "model.safetensors"))
     if args.spm_model_path:
-        import shutil
         shutil.copyfile(args.spm_model_path,
                         os.path.join(args.output_model_path, "tokenizer.model"))
     print(f"wrote {args.output_model_path}/config.json and model.safetensors")
