@@ -137,6 +137,35 @@ def test_batch_iterator_resumes_exactly(lm_dataset):
     assert not torch.equal(next(other_rank)["input_ids"], seen[0]["input_ids"])
 
 
+def test_ranks_read_blocks_of_one_global_order(lm_dataset):
+    """2 ranks x 3 read together what 1 rank x 6 reads, batch by batch, across epochs; a
+    position saved on either side continues on the other (resume on another rank count)."""
+    ds = TokenDataset(str(lm_dataset))
+    steps = len(ds)  # several epochs of global batches of 6
+    single = BatchIterator(ds, batch_size=6, seed=3, pad_to=64)
+    pair = [BatchIterator(ds, batch_size=3, seed=3, rank=r, world_size=2, pad_to=64)
+            for r in range(2)]
+    for _ in range(steps):
+        expected = next(single)["input_ids"]
+        got = torch.cat([next(it)["input_ids"] for it in pair])
+        assert torch.equal(expected, got)
+    assert single.epoch >= 2
+    # save on 2 ranks, continue on 1, and the reverse
+    state = json.loads(json.dumps(pair[1].state_dict()))
+    assert state == pair[0].state_dict()
+    resumed = BatchIterator(ds, batch_size=6, seed=3, pad_to=64)
+    resumed.load_state_dict(state)
+    following = next(single)["input_ids"]
+    assert torch.equal(next(resumed)["input_ids"], following)
+    back = [BatchIterator(ds, batch_size=3, seed=3, rank=r, world_size=2, pad_to=64)
+            for r in range(2)]
+    for it in back:
+        it.load_state_dict(json.loads(json.dumps(resumed.state_dict())))
+    assert torch.equal(torch.cat([next(it)["input_ids"] for it in back]), next(single)["input_ids"])
+    with pytest.raises(ValueError, match="global batch 6 .* not seed 3, global batch 8"):
+        BatchIterator(ds, batch_size=4, seed=3, world_size=2, rank=0).load_state_dict(state)
+
+
 def test_batch_iterator_sequential_and_prefix_loss(alpaca_dataset):
     ds = TokenDataset(str(alpaca_dataset))
     batches = BatchIterator(ds, batch_size=4, seed=0, shuffle=False, prefix_lm_loss=True)

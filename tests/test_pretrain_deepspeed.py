@@ -5,6 +5,7 @@ Three launches: lm pre-training with DeepSpeed's activation checkpointing (savin
 from the lm run's weights. Each is checked against the one-process backend on the same
 global batch: 2 ranks x batch 2 read exactly the samples one process reads with batch 4.
 """
+import json
 import os
 import re
 import shutil
@@ -21,8 +22,8 @@ LAUNCHER = ["deepspeed", "--num_gpus", "2"]
 DEEPSPEED = ["--deepspeed", "--deepspeed_config", ZERO3, "--enable_zero3", "--world_size", "2"]
 
 
-def launch(argv):
-    result = run_script(argv, launcher=LAUNCHER)
+def launch(argv, launcher=LAUNCHER):
+    result = run_script(argv, launcher=launcher)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout
 
@@ -104,3 +105,41 @@ def test_zero3_alpaca_prefix_lm_loss_from_pretrained(lm_run, tmp_path, capsys):
                                       save=3, batch=4, extra=extra), capsys)
     assert_same_run(logged_losses(log), plain, str(tmp_path / "z" / "m-3"),
                     str(tmp_path / "p" / "m-3"))
+
+
+def _latest_at(source_checkpoints, tag, target_output):
+    """A copy of one save of a run, as if that run had been killed right after it."""
+    shutil.copytree(os.path.join(source_checkpoints, tag),
+                    os.path.join(target_output + ".checkpoints", tag))
+    with open(target_output + ".checkpoints/latest", "w") as f:
+        f.write(tag)
+    return target_output + ".checkpoints"
+
+
+def test_zero3_resume_on_another_number_of_ranks(lm_run, tmp_path):
+    """2 ranks x 2 saved at step 3 -> 1 rank x 4 (saving every step) -> 2 ranks x 2 from its
+    step 4: the same global batches, so the losses of the uninterrupted 2-rank run (up to
+    fp32 reduction order, 2e-4 on the logged loss) and the same final data position."""
+    out, log = lm_run
+    uninterrupted = logged_losses(log)
+    one = str(tmp_path / "one" / "m")
+    one_log = launch(pretrain_argv(one, steps=6, save=1, batch=4, extra=[
+        "--deepspeed", "--deepspeed_config", ZERO3, "--enable_zero3",
+        "--resume_from_checkpoint", _latest_at(out + ".checkpoints", "global_step3", one)]),
+        launcher=["deepspeed", "--num_gpus", "1"])
+    assert "resuming 2 rank(s) -> 1" in one_log
+    two = str(tmp_path / "two" / "m")
+    two_log = launch(pretrain_argv(two, steps=6, save=3, batch=2, extra=DEEPSPEED + [
+        "--resume_from_checkpoint", _latest_at(one + ".checkpoints", "global_step4", two)]))
+    assert "resuming 1 rank(s) -> 2" in two_log
+    one_losses, two_losses = logged_losses(one_log), logged_losses(two_log)
+    assert sorted(one_losses) == [4, 5, 6] and sorted(two_losses) == [5, 6]
+    for step, loss in list(one_losses.items()) + list(two_losses.items()):
+        assert loss == pytest.approx(uninterrupted[step], abs=2e-4), step
+    data = [json.load(open(os.path.join(run + ".checkpoints", "global_step6",
+                                        "trainer_state_rank0.json")))["data"]
+            for run in (out, one, two)]
+    assert data[0] == data[1] == data[2]
+    a, b = load_state_dict_file(out + "-6"), load_state_dict_file(two + "-6")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-4)

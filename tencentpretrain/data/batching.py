@@ -4,17 +4,27 @@ import numpy as np
 from .format import DatasetError
 
 
-def sample_order(num_samples, seed, epoch, rank, world_size):
-    """The sample indices rank `rank` reads in `epoch` (np.int64).
+def epoch_order(num_samples, seed, epoch, shuffle=True):
+    """All sample indices of one epoch, in training order (np.int64).
 
-    A permutation drawn from numpy's Generator seeded with (seed, epoch) is cut to a multiple
-    of world_size (the remainder, fewer than world_size samples, is dropped for that epoch so
-    every rank has the same count) and dealt out strided: rank r takes positions r, r + W, ...
+    A permutation drawn from numpy's Generator seeded with (seed, epoch), or 0..n-1 with
+    shuffle=False. The same on every rank and for every number of ranks: ranks only cut
+    their share out of it (see BatchIterator), so a run can resume on another rank count.
     """
+    if not shuffle:
+        return np.arange(num_samples, dtype=np.int64)
+    return np.random.default_rng([seed, epoch]).permutation(num_samples).astype(np.int64)
+
+
+def sample_order(num_samples, seed, epoch, rank, world_size, batch_size=1):
+    """The sample indices rank ``rank`` reads in the whole global batches of ``epoch``
+    (a test and inspection helper; training streams across epochs with BatchIterator)."""
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} out of range for world_size {world_size}")
-    order = np.random.default_rng([seed, epoch]).permutation(num_samples)
-    return order[:num_samples - num_samples % world_size][rank::world_size].astype(np.int64)
+    order = epoch_order(num_samples, seed, epoch)
+    step = batch_size * world_size
+    blocks = order[:num_samples - num_samples % step].reshape(-1, world_size, batch_size)
+    return blocks[:, rank].reshape(-1)
 
 
 def collate(samples, pad_id, prefix_lm_loss=False, pad_to=None):
@@ -50,56 +60,75 @@ def collate(samples, pad_id, prefix_lm_loss=False, pad_to=None):
 class BatchIterator:
     """Endless batches of one rank's share of a dataset, resumable to the exact next batch.
 
-    The rank's order for an epoch comes from `sample_order` (or is sequential with
-    shuffle=False); a batch that reaches the end of an epoch continues with the next epoch's
-    order, so every batch is full. The state is just (epoch, position in the rank's order).
+    All ranks walk one global stream: the epoch orders of ``epoch_order`` one after the
+    other (a batch that reaches the end of an epoch continues into the next, so every batch
+    is full and no sample is dropped). Each micro-batch takes the next ``world_size x
+    batch_size`` samples of the stream and rank r reads block r of them. The state is the
+    position in that stream (epoch, samples consumed in it), the same on every rank, so a
+    run saved on W ranks x B resumes on W' ranks x B' with W' x B' = W x B and reads exactly
+    the samples the uninterrupted run would have read.
     """
 
     def __init__(self, dataset, batch_size, seed, rank=0, world_size=1, prefix_lm_loss=False,
                  pad_to=None, shuffle=True):
-        per_rank = len(dataset) // world_size
-        if per_rank == 0:
+        if len(dataset) < world_size:
             raise DatasetError(f"{getattr(dataset, 'path', 'dataset')}: {len(dataset)} samples "
                                f"cannot be split over {world_size} ranks")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} out of range for world_size {world_size}")
         self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
         self.rank, self.world_size, self.shuffle = rank, world_size, shuffle
         self.prefix_lm_loss, self.pad_to = prefix_lm_loss, pad_to
         self.epoch, self.position = 0, 0
         self._order, self._order_epoch = None, None
 
+    @property
+    def global_batch_size(self):
+        return self.batch_size * self.world_size
+
     def order(self, epoch):
-        """This rank's sample indices for an epoch (one int64 array, cached)."""
+        """All sample indices of an epoch (one int64 array, cached)."""
         if self._order_epoch != epoch:
-            if self.shuffle:
-                self._order = sample_order(len(self.dataset), self.seed, epoch, self.rank, self.world_size)
-            else:
-                n = len(self.dataset)
-                self._order = np.arange(n - n % self.world_size, dtype=np.int64)[self.rank::self.world_size]
+            self._order = epoch_order(len(self.dataset), self.seed, epoch, self.shuffle)
             self._order_epoch = epoch
         return self._order
+
+    def _take(self, count):
+        """The next ``count`` indices of the global stream; advances the position."""
+        indices = []
+        while len(indices) < count:
+            order = self.order(self.epoch)
+            take = order[self.position:self.position + count - len(indices)]
+            indices.extend(take.tolist())
+            self.position += len(take)
+            if self.position == len(order):
+                self.epoch, self.position = self.epoch + 1, 0
+        return indices
 
     def __iter__(self):
         return self
 
     def __next__(self):
-        indices = []
-        while len(indices) < self.batch_size:
-            order = self.order(self.epoch)
-            take = order[self.position:self.position + self.batch_size - len(indices)]
-            indices.extend(take.tolist())
-            self.position += len(take)
-            if self.position == len(order):
-                self.epoch, self.position = self.epoch + 1, 0
-        samples = [self.dataset[i] for i in indices]
+        block = self._take(self.global_batch_size)
+        mine = block[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
+        samples = [self.dataset[i] for i in mine]
         return collate(samples, self.dataset.pad_id, self.prefix_lm_loss, self.pad_to)
 
     def state_dict(self):
         return {"epoch": self.epoch, "position": self.position, "seed": self.seed,
-                "rank": self.rank, "world_size": self.world_size}
+                "shuffle": self.shuffle, "global_batch_size": self.global_batch_size,
+                "order": "global"}
 
     def load_state_dict(self, state):
-        """Continue with the batch that followed when `state` was taken."""
-        if (state.get("seed", self.seed), state.get("world_size", self.world_size)) != (self.seed, self.world_size):
-            raise ValueError(f"batch state was saved with seed/world_size {state.get('seed')}/"
-                             f"{state.get('world_size')}, not {self.seed}/{self.world_size}")
+        """Continue with the batch that followed when ``state`` was taken (on any number of
+        ranks whose global batch is the same)."""
+        if state.get("order") != "global":
+            raise ValueError("the data position was saved by an older version with per-rank "
+                             "sample orders; it cannot be continued")
+        saved = (state["seed"], state["shuffle"], state["global_batch_size"])
+        if saved != (self.seed, self.shuffle, self.global_batch_size):
+            raise ValueError(
+                f"the data position was saved with seed {saved[0]}, global batch {saved[2]} "
+                f"(ranks x --batch_size), not seed {self.seed}, global batch "
+                f"{self.global_batch_size}: keep --seed and ranks x --batch_size unchanged")
         self.epoch, self.position = int(state["epoch"]), int(state["position"])

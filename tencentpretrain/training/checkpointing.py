@@ -14,6 +14,9 @@ import contextlib
 import json
 import os
 import random
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import torch
@@ -167,12 +170,55 @@ def save_trainer_state(directory, tag, rank, state):
 
 
 def load_trainer_state(directory, tag, rank):
+    """This rank's saved state; a rank the saving run did not have (resuming on more ranks)
+    takes rank 0's: the data position is global, only the RNG streams were per rank."""
     path = trainer_state_path(directory, tag, rank)
+    if not os.path.isfile(path) and rank > 0:
+        path = trainer_state_path(directory, tag, 0)
     if not os.path.isfile(path):
-        raise TrainingError(f"--resume_from_checkpoint {directory}: {path} is missing (saved "
-                            "with fewer ranks, or not a pretrain.py checkpoint)")
+        raise TrainingError(f"--resume_from_checkpoint {directory}: {path} is missing (not a "
+                            "pretrain.py checkpoint)")
     with open(path, encoding="utf-8") as f:
         return json.load(f)
+
+
+def saved_world_size(directory):
+    """How many ranks wrote the latest save of ``directory``."""
+    return int(load_trainer_state(directory, read_latest(directory), 0)["world_size"])
+
+
+def universal_tag(tag):
+    return f"{tag}_universal"
+
+
+def make_universal(directory, tag, say=print):
+    """Convert DeepSpeed's per-rank ZeRO files of ``tag`` to its universal checkpoint (one
+    folder per parameter with fp32 weights and Adam moments), which loads on any number of
+    ranks. Done once, into a temporary folder renamed when complete; the original stays."""
+    target = os.path.join(directory, universal_tag(tag))
+    if os.path.isdir(target):
+        return target
+    source = os.path.join(directory, tag)
+    if not any(name.endswith("optim_states.pt") for name in os.listdir(source)):
+        raise TrainingError(f"--resume_from_checkpoint {directory}: {source} has no DeepSpeed "
+                            "optimizer states (saved by the one-process backend?); resume it "
+                            "with the number of ranks that saved it")
+    tmp = f"{target}.tmp-{os.getpid()}"
+    say(f"converting {source} to DeepSpeed's universal checkpoint {target}")
+    command = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
+               source, "--output_folder", tmp, "--num_extract_workers", "1",
+               "--num_merge_workers", "1"]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        lines = (result.stderr or result.stdout).strip().splitlines() or ["(no output)"]
+        raise TrainingError(f"--resume_from_checkpoint {directory}: DeepSpeed could not convert "
+                            f"{source} for another number of ranks: {lines[-1]}")
+    for name in os.listdir(source):  # our per-rank trainer state goes along
+        if name.startswith("trainer_state_rank"):
+            shutil.copy2(os.path.join(source, name), os.path.join(tmp, name))
+    os.replace(tmp, target)
+    return target
 
 
 def write_latest(directory, tag):

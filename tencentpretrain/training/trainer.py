@@ -76,6 +76,12 @@ def train(args):
                             "--num_gpus/--num_nodes/hostfile")
     ds_config = reconcile(args, read_config(args.deepspeed_config), world_size,
                           lambda wanted: precision_refusal(args, wanted), say)
+    saved_world_size = None
+    if args.resume_from_checkpoint:
+        saved_world_size = ckpt.saved_world_size(args.resume_from_checkpoint)
+        if saved_world_size != world_size and args.deepspeed:
+            # another rank count: DeepSpeed re-partitions from its universal checkpoint
+            ds_config.setdefault("checkpoint", {})["load_universal"] = True
 
     tokenizer = SpmTokenizer(args.spm_model_path)
     dataset = TokenDataset(args.dataset_path)
@@ -133,17 +139,28 @@ def partition_summary(model):
 
 
 def resume(args, backend, batches):
+    """Weights, optimizer, scheduler, data position and RNG of the latest save. On another
+    number of ranks (DeepSpeed) the checkpoint is converted once to DeepSpeed's universal
+    layout, which re-partitions weights and optimizer state; the data position is global."""
     directory = args.resume_from_checkpoint
     tag = ckpt.read_latest(directory)
     state = ckpt.load_trainer_state(directory, tag, backend.rank)
-    if state["world_size"] != backend.world_size:
-        raise TrainingError(f"--resume_from_checkpoint {directory}: saved by {state['world_size']} "
-                            f"rank(s), resumed with {backend.world_size}; the data order is per "
-                            "rank, resume with the same number")
     if state["step"] >= args.total_steps:
         raise TrainingError(f"--resume_from_checkpoint {directory}: already at step "
                             f"{state['step']}, --total_steps is {args.total_steps}")
-    backend.load_checkpoint(directory, tag)
+    load_tag = tag
+    if state["world_size"] != backend.world_size:
+        if not args.deepspeed:
+            raise TrainingError(f"--resume_from_checkpoint {directory}: saved by "
+                                f"{state['world_size']} ranks; resume it under --deepspeed "
+                                "(`deepspeed --num_gpus 1 pretrain.py --deepspeed ...` for one)")
+        if backend.rank == 0:
+            ckpt.make_universal(directory, tag, say)
+        backend.barrier()
+        load_tag = ckpt.universal_tag(tag)
+        say(f"resuming {state['world_size']} rank(s) -> {backend.world_size}: weights and "
+            f"optimizer state re-partitioned from {os.path.join(directory, load_tag)}")
+    backend.load_checkpoint(directory, load_tag)
     try:
         batches.load_state_dict(state["data"])
     except ValueError as e:
