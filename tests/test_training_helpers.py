@@ -69,4 +69,4 @@ def run_script(argv, launcher=None, timeout=600):
 
 def logged_losses(text):
     """{step: loss} from pretrain.py's report lines."""
-    return {int(s): float(l) for s, l in re.findall(r"step\s+(\d+) \| loss ([0-9.]+)", text)}
+    return {int(s): float(l) for s, l in re.findall(r"step\s+(\d+)(?:/\d+)? \| loss ([0-9.]+)", text)}

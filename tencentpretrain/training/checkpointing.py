@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -38,6 +39,37 @@ def checkpoints_dir(output_model_path):
 
 def tag_of(step):
     return f"global_step{step}"  # DeepSpeed's default tag
+
+
+def step_of(tag):
+    """The step of a tag written by ``tag_of``, else None (``latest``, universal copies...)."""
+    match = re.fullmatch(r"global_step(\d+)", tag)
+    return int(match.group(1)) if match else None
+
+
+def publish_final(weights_file, output_model_path):
+    """The last weights also at ``output_model_path`` itself, the name a next stage can use
+    without knowing the step (a hard link where the file system allows, else a copy)."""
+    tmp = f"{output_model_path}.tmp-{os.getpid()}"
+    try:
+        os.link(weights_file, tmp)
+    except OSError:
+        shutil.copyfile(weights_file, tmp)
+    os.replace(tmp, output_model_path)
+
+
+def prune_saves(output_model_path, keep, newest_step):
+    """Keep the ``keep`` newest complete saves (resumable folder and weights file) up to
+    ``newest_step``, which ``latest`` already names; delete older ones. Called only after a
+    save completed, so a kill at any point leaves at least ``keep`` complete saves."""
+    directory = checkpoints_dir(output_model_path)
+    steps = sorted(step for step in map(step_of, os.listdir(directory))
+                   if step is not None and step <= newest_step)
+    for step in steps[:-keep]:
+        for name in (tag_of(step), universal_tag(tag_of(step))):
+            shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(weights_path(output_model_path, step))
 
 
 def _gathered(param, zero3, modifier_rank):

@@ -14,7 +14,8 @@ from tencentpretrain.training.scheduler import SCHEDULERS
 def build_parser():
     parser = argparse.ArgumentParser(
         description="Pre-train or instruction-tune a LLaMA model, in one process or under "
-                    "DeepSpeed (`deepspeed pretrain.py --deepspeed ...`).")
+                    "DeepSpeed (`deepspeed pretrain.py --deepspeed ...`).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
 
     model = parser.add_argument_group("model")
     model.add_argument("--config_path", required=True, help="Model config JSON.")
@@ -48,11 +49,18 @@ def build_parser():
 
     progress = parser.add_argument_group("checkpoints and logging")
     progress.add_argument("--output_model_path", required=True,
-                          help="Weights go to OUTPUT-STEP; resumable state to OUTPUT.checkpoints/.")
-    progress.add_argument("--save_checkpoint_steps", type=int, default=10000)
+                          help="Weights go to OUTPUT-STEP (and the final ones to OUTPUT itself); "
+                               "resumable state to OUTPUT.checkpoints/.")
+    progress.add_argument("--save_checkpoint_steps", type=int, default=10000,
+                          help="Save weights and a resumable checkpoint every N steps (and at "
+                               "the last step).")
+    progress.add_argument("--save_total_limit", type=int, default=None,
+                          help="Keep only the N newest saves (resumable checkpoints and weights "
+                               "files); older ones are deleted once a new save is complete.")
     progress.add_argument("--resume_from_checkpoint", default=None,
                           help="A .checkpoints folder: continue from its latest save.")
-    progress.add_argument("--report_steps", type=int, default=100)
+    progress.add_argument("--report_steps", type=int, default=100,
+                          help="Print loss, learning rate, throughput and ETA every N steps.")
     progress.add_argument("--tensorboard_dir", default=None, help="Write TensorBoard scalars here.")
     progress.add_argument("--peak_tflops", type=float, default=None,
                           help="Per-device peak TFLOP/s for MFU when the GPU is not in the "
@@ -86,7 +94,7 @@ def _add_deepspeed_arguments(parser):
 
 def check_args(args):
     """Option-only checks (no file is read here beyond existence)."""
-    positive = ["total_steps", "save_checkpoint_steps", "report_steps",
+    positive = ["total_steps", "save_checkpoint_steps", "save_total_limit", "report_steps",
                 "deepspeed_checkpoint_layers_num", "batch_size", "accumulation_steps",
                 "world_size"]
     for name in positive:
@@ -101,6 +109,10 @@ def check_args(args):
         path = getattr(args, name)
         if path is not None and not os.path.isfile(path):
             raise TrainingError(f"--{name} {path}: no such file")
+    if os.path.isdir(args.output_model_path):
+        raise TrainingError(f"--output_model_path {args.output_model_path} is a folder; it names "
+                            "files: OUTPUT-STEP weights, OUTPUT.checkpoints/, and OUTPUT itself "
+                            "for the final weights")
     for name in ["dataset_path", "resume_from_checkpoint"]:
         path = getattr(args, name)
         if path is not None and not os.path.isdir(path):

@@ -1,5 +1,7 @@
-"""What rank 0 shows: a progress bar, a line every --report_steps, TensorBoard scalars."""
+"""What rank 0 shows: a progress bar, a line every --report_steps with elapsed time and
+ETA, a summary at the end, TensorBoard scalars."""
 import sys
+import time
 
 from tqdm import tqdm
 
@@ -8,6 +10,9 @@ class Reporter:
     def __init__(self, rank, total_steps, start_step, tensorboard_dir=None):
         self.active = rank == 0
         self.bar = self.writer = None
+        self.total_steps, self.start_step = total_steps, start_step
+        self.started = time.perf_counter()
+        self.tokens, self.last_loss, self.best_loss = 0, None, None
         if not self.active:
             return
         self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
@@ -25,13 +30,21 @@ class Reporter:
         if self.bar is not None:
             self.bar.update(1)
 
+    def add_tokens(self, tokens):
+        self.tokens += tokens
+
     def report(self, step, loss, lr, grad_norm, tokens_per_s, mfu):
+        self.last_loss = loss
+        self.best_loss = loss if self.best_loss is None else min(self.best_loss, loss)
         if not self.active:
             return
-        line = (f"step {step:>7} | loss {loss:.4f} | lr {lr:.3e} | grad norm {grad_norm:.4f} | "
-                f"{tokens_per_s:,.0f} tokens/s")
+        elapsed = time.perf_counter() - self.started
+        eta = elapsed / max(step - self.start_step, 1) * (self.total_steps - step)
+        line = (f"step {step:>7}/{self.total_steps} | loss {loss:.4f} | lr {lr:.3e} | "
+                f"grad norm {grad_norm:.4f} | {tokens_per_s:,.0f} tokens/s")
         if mfu is not None:
             line += f" | MFU {100 * mfu:.1f}%"
+        line += f" | elapsed {_duration(elapsed)} | ETA {_duration(eta)}"
         self.say(line)
         if self.writer is not None:
             scalars = {"loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tokens_per_s}
@@ -41,8 +54,23 @@ class Reporter:
                 self.writer.add_scalar(f"train/{name}", value, step)
             self.writer.flush()
 
+    def summary(self, step):
+        """The end-of-run line: steps, time, tokens, mean throughput, last and best loss."""
+        elapsed = time.perf_counter() - self.started
+        line = (f"finished steps {self.start_step + 1}..{step} in {_duration(elapsed)}: "
+                f"{self.tokens:,} tokens, {self.tokens / max(elapsed, 1e-9):,.0f} tokens/s")
+        if self.last_loss is not None:
+            line += f", last loss {self.last_loss:.4f}, best {self.best_loss:.4f}"
+        self.say(line)
+
     def close(self):
         if self.bar is not None:
             self.bar.close()
         if self.writer is not None:
             self.writer.close()
+
+
+def _duration(seconds):
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"

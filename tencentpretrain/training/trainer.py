@@ -202,6 +202,7 @@ def loop(args, backend, model, batches, start_step, seq_length):
                                     "--learning_rate)")
             window_loss, window_tokens = window_loss + step_loss, window_tokens + counted
             throughput.add(tokens)
+            reporter.add_tokens(tokens)
             reporter.advance()
             if step % args.report_steps == 0 or step == args.total_steps:
                 tokens_per_s, mfu = throughput.report()
@@ -210,6 +211,7 @@ def loop(args, backend, model, batches, start_step, seq_length):
                 window_loss, window_tokens = 0.0, 0
             if step % args.save_checkpoint_steps == 0 or step == args.total_steps:
                 save(args, backend, model, batches, step, reporter)
+        reporter.summary(args.total_steps)
     finally:
         reporter.close()
 
@@ -226,4 +228,11 @@ def save(args, backend, model, batches, step, reporter):
     backend.barrier()
     if backend.rank == 0:
         ckpt.write_latest(directory, tag)
-    reporter.say(f"saved {path} and {os.path.join(directory, tag)}")
+        if step == args.total_steps:
+            ckpt.publish_final(path, args.output_model_path)
+        if args.save_total_limit:
+            ckpt.prune_saves(args.output_model_path, args.save_total_limit, step)
+    backend.barrier()  # no rank goes on before the save is complete and pruned
+    reporter.say(f"saved {path} and {os.path.join(directory, tag)}"
+                 + (f"; final weights also at {args.output_model_path}"
+                    if step == args.total_steps else ""))
