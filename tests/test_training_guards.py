@@ -125,6 +125,6 @@ def test_outputs_of_a_short_run(tmp_path):
                                  extra=["--tensorboard_dir", str(tmp_path / "tb")]))
     model = tencentpretrain.load_model(TINY, str(tmp_path / "m-2"))
     assert model.vocab_size == 32000
-    assert sorted(os.listdir(tmp_path)) == ["m-2", "m.checkpoints", "tb"]
+    assert sorted(os.listdir(tmp_path)) == ["m", "m-2", "m.checkpoints", "tb"]
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path / "tb"))
     assert torch.isfinite(model(torch.tensor([[1, 2, 3]]))).all()
