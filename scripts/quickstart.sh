@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Quick start on a CPU machine, minutes end to end: train a SentencePiece model on the demo
 # text, preprocess lm and alpaca datasets, pre-train the tiny LLaMA with 2-rank DeepSpeed
-# ZeRO-3, instruction-tune it, and generate a few lines.
+# ZeRO-3, instruction-tune it, and chat with it. `make quickstart` installs what is missing
+# first.
 #   bash scripts/quickstart.sh [WORK_DIR]      (default: quickstart/)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=${1:-quickstart}
 STEPS=${QUICKSTART_STEPS:-200}
+SFT_STEPS=${QUICKSTART_SFT_STEPS:-150}
 mkdir -p "$WORK"
 
 echo "== 1/5 SentencePiece model on demo/corpus.txt"
@@ -22,33 +24,47 @@ SPM="$WORK/demo_spm.model"
 echo "== 2/5 preprocess (lm and alpaca)"
 python3 preprocess.py --corpus_path demo/corpus.txt --spm_model_path "$SPM" \
   --dataset_path "$WORK/lm_dataset" --data_processor lm --seq_length 128 --processes_num 2
+# 256 tokens hold the longest demo example (183 with the prompt template): none is cut
 python3 preprocess.py --corpus_path demo/instructions.json --spm_model_path "$SPM" \
-  --dataset_path "$WORK/alpaca_dataset" --data_processor alpaca --seq_length 128
+  --dataset_path "$WORK/alpaca_dataset" --data_processor alpaca --seq_length 256
 
 COMMON=(--deepspeed --deepspeed_config models/deepspeed_zero3_config.json --enable_zero3
         --spm_model_path "$SPM" --config_path models/llama/tiny_config.json --world_size 2
-        --deepspeed_checkpoint_activations --batch_size 8 --report_steps 25)
+        --deepspeed_checkpoint_activations --batch_size 8 --report_steps 25 --save_total_limit 1)
 
 echo "== 3/5 pre-train, 2 ranks, ZeRO-3 ($STEPS steps)"
 deepspeed --num_gpus 2 pretrain.py "${COMMON[@]}" --dataset_path "$WORK/lm_dataset" \
   --data_processor lm --output_model_path "$WORK/tiny_lm" --learning_rate 3e-3 --warmup 0.05 \
-  --scheduler cosine --total_steps "$STEPS" --save_checkpoint_steps "$STEPS"
+  --scheduler cosine --total_steps "$STEPS" --save_checkpoint_steps 100 \
+  --tensorboard_dir "$WORK/runs/pretrain"
 
-echo "== 4/5 instruction-tune from it (--prefix_lm_loss)"
+echo "== 4/5 instruction-tune the pre-trained weights (--prefix_lm_loss: answers only)"
 deepspeed --num_gpus 2 pretrain.py "${COMMON[@]}" --dataset_path "$WORK/alpaca_dataset" \
-  --data_processor alpaca --prefix_lm_loss --pretrained_model_path "$WORK/tiny_lm-$STEPS" \
-  --output_model_path "$WORK/tiny_sft" --learning_rate 2e-3 --total_steps 60 \
-  --save_checkpoint_steps 60
+  --data_processor alpaca --prefix_lm_loss --pretrained_model_path "$WORK/tiny_lm" \
+  --output_model_path "$WORK/tiny_sft" --learning_rate 2e-3 --total_steps "$SFT_STEPS" \
+  --save_checkpoint_steps "$SFT_STEPS" --tensorboard_dir "$WORK/runs/sft"
 
-if [ -f inference/generate_lm.py ]; then
-  echo "== 5/5 generate"
-  printf 'The cat lives near the\nEvery morning Anna\n小明在\n' > "$WORK/prompts.txt"
-  python3 inference/generate_lm.py --load_model_path "$WORK/tiny_lm-$STEPS" \
-    --spm_model_path "$SPM" --config_path models/llama/tiny_config.json \
-    --test_path "$WORK/prompts.txt" --prediction_path "$WORK/predictions.txt" \
-    --max_new_tokens 24 --top_k 1
-  cat "$WORK/predictions.txt"
-else
-  echo "== 5/5 skipped: inference/generate_lm.py is not there"
-fi
-echo "done: weights $WORK/tiny_lm-$STEPS and $WORK/tiny_sft-60"
+echo "== 5/5 chat with the instruction-tuned model (alpaca prompt template, greedy)"
+printf '%s\n' 'What is five plus three?' '“马”用英语怎么说？' 'What is two plus four?' \
+  '把这个数字翻译成中文。' > "$WORK/questions.txt"
+python3 inference/generate_lm.py --load_model_path "$WORK/tiny_sft" --spm_model_path "$SPM" \
+  --config_path models/llama/tiny_config.json --prompt_template alpaca --greedy \
+  --test_path "$WORK/questions.txt" --prediction_path "$WORK/answers.txt" --max_new_tokens 32
+paste -d '\n' "$WORK/questions.txt" "$WORK/answers.txt" | while IFS= read -r q && IFS= read -r a; do
+  printf '  %-28s -> %s\n' "$q" "$a"
+done
+
+cat <<DONE
+
+Everything is in $WORK/:
+  tokenizer        $SPM
+  datasets         $WORK/lm_dataset  $WORK/alpaca_dataset
+  weights          $WORK/tiny_lm (pre-trained)  $WORK/tiny_sft (instruction-tuned)
+  checkpoints      $WORK/tiny_lm.checkpoints  $WORK/tiny_sft.checkpoints (newest kept)
+  TensorBoard      tensorboard --logdir $WORK/runs
+Continue:
+  chat             python3 inference/generate_lm.py --load_model_path $WORK/tiny_sft \\
+                     --spm_model_path $SPM --config_path models/llama/tiny_config.json \\
+                     --prompt_template alpaca --interactive
+  train longer     add --resume_from_checkpoint $WORK/tiny_lm.checkpoints and a larger --total_steps
+DONE

@@ -86,12 +86,16 @@ def load_weights(model, state_dict, path="<state dict>"):
     return model
 
 
-def load_model(config_path, model_path=None, vocab_size=None, dtype=None, device="cpu"):
+def load_model(config_path, model_path=None, vocab_size=None, dtype=None, device=None):
     """Build the model of ``config_path`` and load ``model_path`` into it.
 
     The vocabulary size comes from the checkpoint when one is given (and must
-    agree with ``vocab_size`` if both are), else from ``vocab_size``.
+    agree with ``vocab_size`` if both are), else from ``vocab_size``. ``device=None``
+    follows torch's default device (``with torch.device("meta"):``,
+    ``torch.set_default_device``); on the meta device only the checkpoint's shapes
+    are checked against the config and nothing is allocated.
     """
+    device = torch.device(device) if device is not None else torch.get_default_device()
     config = load_config(config_path) if not isinstance(config_path, ModelConfig) else config_path
     check_registries(config)
     state_dict = None
@@ -109,6 +113,8 @@ def load_model(config_path, model_path=None, vocab_size=None, dtype=None, device
     else:
         model = build_model(config, vocab_size, device="meta")
         check_state_dict(model, state_dict, model_path)
+        if device.type == "meta":
+            return model.eval()
         model = model.to_empty(device=device)
         model.load_state_dict(state_dict, strict=not config.tie_weights)
         if config.tie_weights:

@@ -101,8 +101,10 @@ def test_pickled_objects_are_refused(tmp_path):
     import torch
 
     torch.save({"x": collections.OrderedDict(a=slice(1, 2))}, tmp_path / "evil.bin")
-    with pytest.raises(WeightsError, match="not a weights file"):
+    with pytest.raises(WeightsError) as e:
         tencentpretrain.load_model(TINY, str(tmp_path / "evil.bin"))
+    assert str(e.value) == (f"{tmp_path / 'evil.bin'}: a pickle that needs code execution to "
+                            "load; only plain state dicts of tensors are read")
     (tmp_path / "text.bin").write_text("hello")
     with pytest.raises(WeightsError, match="not a weights file"):
         tencentpretrain.load_model(TINY, str(tmp_path / "text.bin"))
@@ -118,3 +120,22 @@ def test_bin_and_safetensors_reload_bit_identically(tmp_path):
         for key, tensor in model.state_dict().items():
             assert torch.equal(tensor, loaded.state_dict()[key])
     assert not [p for p in os.listdir(tmp_path) if ".tmp" in p]
+
+
+def test_load_model_follows_the_default_device(tmp_path):
+    """No device given: torch's default device decides, so a 7B model on the meta device
+    allocates nothing (the old device="cpu" default would have allocated 27 GB)."""
+    import torch
+
+    seven_b = os.path.join(ROOT, "models/llama/7b_config.json")
+    with torch.device("meta"):
+        model = tencentpretrain.load_model(seven_b, vocab_size=32000)
+    assert model.embedding.word.embedding.weight.is_meta
+    assert model.num_parameters() == 6_738_415_616  # LLaMA-7B
+    small = tencentpretrain.build_model(TINY, 100)
+    torch.save(small.state_dict(), tmp_path / "tiny.bin")
+    with torch.device("meta"):
+        checked = tencentpretrain.load_model(TINY, str(tmp_path / "tiny.bin"))
+    assert checked.target.lm.output_layer.weight.is_meta and checked.vocab_size == 100
+    loaded = tencentpretrain.load_model(TINY, str(tmp_path / "tiny.bin"))
+    assert torch.equal(loaded.target.lm.output_layer.weight, small.target.lm.output_layer.weight)

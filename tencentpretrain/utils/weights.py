@@ -30,6 +30,9 @@ def load_state_dict_file(path):
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001
+            if "Weights only load failed" in str(e):
+                raise WeightsError(f"{path}: a pickle that needs code execution to load; only "
+                                   "plain state dicts of tensors are read") from None
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise WeightsError(f"{path}: not a weights file ({first})") from None
     if isinstance(state, dict) and "module" in state and isinstance(state["module"], dict):
