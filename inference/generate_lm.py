@@ -59,6 +59,8 @@ def main(argv=None):
                     else load_template(args.prompt_template))
     options = SamplingOptions(1 if args.greedy else args.top_k, args.top_p, args.temperature,
                               args.repetition_penalty).check()
+    if args.prediction_path:  # before the slow model load, not after it
+        os.makedirs(os.path.dirname(os.path.abspath(args.prediction_path)), exist_ok=True)
     model, tokenizer = load_model_and_tokenizer(args.config_path, args.load_model_path,
                                                 args.spm_model_path, args.device, args.dtype)
     generator = TextGenerator(model, tokenizer, args.seq_length, args.max_new_tokens, options,
@@ -67,7 +69,8 @@ def main(argv=None):
         generator.interactive(sys.stdin, sys.stdout)
     else:
         count = generator.generate_file(args.test_path, args.prediction_path, args.batch_size)
-        print(f"wrote {count} continuations to {args.prediction_path}", file=sys.stderr)
+        noun = "continuation" if count == 1 else "continuations"
+        print(f"wrote {count} {noun} to {args.prediction_path}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ class ModelConfig:
 
 
 # Keys TencentPretrain configs carry that do not change the model we build.
-_IGNORED_KEYS = {"vocab_size", "tgt_embedding", "tgt_vocab_size", "parameters_sharing",
+_IGNORED_KEYS = {"tgt_embedding", "tgt_vocab_size", "parameters_sharing",
                  "has_residual_attention", "share_embedding", "is_moe", "use_alibi"}
 _BOOL_KEYS = {"remove_transformer_bias", "remove_embedding_layernorm",
               "rotary_position_embedding", "tie_weights"}
@@ -96,6 +96,10 @@ def config_from_dict(raw, source="<dict>"):
     for key, value in raw.items():
         if key in _IGNORED_KEYS:
             continue
+        if key == "vocab_size":
+            raise ConfigError(f'"vocab_size" in {source}: remove it; the vocabulary size comes '
+                              "from the tokenizer (--spm_model_path) or the checkpoint, never "
+                              "from the model config")
         if key not in known:
             raise ConfigError(f'unknown key "{key}" in {source}; known: {", ".join(sorted(known))}')
         values[key] = _check_type(key, value, source)

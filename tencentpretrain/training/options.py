@@ -8,6 +8,7 @@ import os
 
 from tencentpretrain.data import PROCESSORS
 from tencentpretrain.training.errors import TrainingError
+from tencentpretrain.training.logs import LEVELS
 from tencentpretrain.training.scheduler import SCHEDULERS
 
 
@@ -62,6 +63,12 @@ def build_parser():
     progress.add_argument("--report_steps", type=int, default=100,
                           help="Print loss, learning rate, throughput and ETA every N steps.")
     progress.add_argument("--tensorboard_dir", default=None, help="Write TensorBoard scalars here.")
+    progress.add_argument("--log_path", default=None,
+                          help="Also write the run log (rank 0's lines, time-stamped) to this file.")
+    progress.add_argument("--log_level", default="INFO", choices=LEVELS,
+                          help="Lowest level shown on the terminal.")
+    progress.add_argument("--log_file_level", default="INFO", choices=LEVELS,
+                          help="Lowest level written to --log_path.")
     progress.add_argument("--peak_tflops", type=float, default=None,
                           help="Per-device peak TFLOP/s for MFU when the GPU is not in the "
                                "built-in table.")
@@ -113,6 +120,10 @@ def check_args(args):
         raise TrainingError(f"--output_model_path {args.output_model_path} is a folder; it names "
                             "files: OUTPUT-STEP weights, OUTPUT.checkpoints/, and OUTPUT itself "
                             "for the final weights")
+    if os.path.isfile(args.dataset_path):
+        raise TrainingError(f"--dataset_path {args.dataset_path} is a file (a TencentPretrain "
+                            "dataset.pt?); datasets here are the folders preprocess.py writes: "
+                            "re-run preprocess.py with this --dataset_path")
     for name in ["dataset_path", "resume_from_checkpoint"]:
         path = getattr(args, name)
         if path is not None and not os.path.isdir(path):

@@ -5,6 +5,8 @@ import time
 
 from tqdm import tqdm
 
+from tencentpretrain.training.logs import LOGGER
+
 
 class Reporter:
     def __init__(self, rank, total_steps, start_step, tensorboard_dir=None):
@@ -22,9 +24,7 @@ class Reporter:
             self.writer = SummaryWriter(tensorboard_dir)
 
     def say(self, line):
-        if self.active:
-            tqdm.write(line, file=sys.stdout)
-            sys.stdout.flush()
+        LOGGER.info(line)
 
     def advance(self):
         if self.bar is not None:

@@ -6,6 +6,7 @@ that starts also finishes (or stops on a non-finite loss, naming the step).
 import math
 import os
 import random
+import socket
 
 import numpy as np
 import torch
@@ -18,6 +19,7 @@ from tencentpretrain.training import checkpointing as ckpt
 from tencentpretrain.training.ds_config import read_config, reconcile
 from tencentpretrain.training.engine import make_backend, precision_refusal
 from tencentpretrain.training.errors import TrainingError
+from tencentpretrain.training.logs import LOGGER, close_logging, setup_logging
 from tencentpretrain.training.loss import count_tokens, scaled_loss
 from tencentpretrain.training.metrics import (Throughput, flops_per_token, full_numel,
                                               peak_flops)
@@ -31,13 +33,22 @@ def launched_world_size():
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def is_rank0():
-    return int(os.environ.get("RANK", "0")) == 0
-
-
 def say(line):
-    if is_rank0():
-        print(line, flush=True)
+    LOGGER.info(line)  # rank 0 only (see logs.py)
+
+
+def single_rank_environment():
+    """``python3 pretrain.py --deepspeed`` without a launcher: the rendezvous variables
+    ``torchrun --nproc_per_node 1`` would set, so DeepSpeed runs one rank instead of
+    probing for MPI."""
+    if any(name in os.environ for name in ("RANK", "WORLD_SIZE", "OMPI_COMM_WORLD_SIZE")):
+        return False
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1",
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    return True
 
 
 def check_data(args, dataset, tokenizer, config, vocab_size):
@@ -68,7 +79,18 @@ def seed_everything(seed):
 
 
 def train(args):
+    setup_logging(int(os.environ.get("RANK", "0")), args.log_level, args.log_path,
+                  args.log_file_level)
+    try:
+        _train(args)
+    finally:
+        close_logging()
+
+
+def _train(args):
     check_args(args)
+    if args.deepspeed and single_rank_environment():
+        say("note: not started by a launcher (deepspeed, torchrun); running one rank")
     world_size = launched_world_size()
     if args.world_size is not None and args.world_size != world_size:
         raise TrainingError(f"--world_size {args.world_size}, but the launcher started "

@@ -30,7 +30,7 @@ def load_state_dict_file(path):
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001
-            if "Weights only load failed" in str(e):
+            if "Unsupported global" in str(e):  # a pickled object, not just tensors
                 raise WeightsError(f"{path}: a pickle that needs code execution to load; only "
                                    "plain state dicts of tensors are read") from None
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

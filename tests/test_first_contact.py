@@ -1,0 +1,51 @@
+"""What a new user pasting TencentPretrain command lines meets first: a DeepSpeed run
+without the launcher, a TencentPretrain dataset file, --log_path, a vocab_size key."""
+import json
+import os
+
+import pytest
+
+import tencentpretrain
+from tencentpretrain import ConfigError
+from tencentpretrain.training import TrainingError
+from tests.test_training_helpers import (TINY, ZERO3, logged_losses, pretrain_argv,
+                                         run_in_process, run_script)
+
+
+def test_deepspeed_without_the_launcher_runs_one_rank(tmp_path):
+    out = str(tmp_path / "m")
+    result = run_script(pretrain_argv(out, steps=2, save=2, extra=[
+        "--deepspeed", "--deepspeed_config", ZERO3, "--enable_zero3"]))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "running one rank" in result.stdout
+    assert sorted(logged_losses(result.stdout)) == [1, 2]
+    assert tencentpretrain.load_model(TINY, out).vocab_size == 32000
+
+
+def test_a_tencentpretrain_dataset_file_asks_to_rerun_preprocess(tmp_path):
+    pt = tmp_path / "dataset.pt"
+    pt.write_bytes(b"\x80\x04old pickle")
+    argv = pretrain_argv(str(tmp_path / "m"))
+    argv[argv.index("--dataset_path") + 1] = str(pt)
+    with pytest.raises(TrainingError, match=r"dataset\.pt is a file .*re-run preprocess\.py"):
+        run_in_process(argv)
+
+
+def test_log_path_writes_the_run_log(tmp_path, capsys):
+    log = tmp_path / "logs" / "train.log"
+    run_in_process(pretrain_argv(str(tmp_path / "m"), steps=2, save=2,
+                                 extra=["--log_path", str(log), "--log_level", "WARNING"]))
+    assert logged_losses(capsys.readouterr().out) == {}  # the terminal shows warnings only
+    text = log.read_text()
+    assert sorted(logged_losses(text)) == [1, 2]
+    assert "INFO training " in text and "finished steps 1..2" in text
+
+
+def test_vocab_size_in_a_model_config_is_refused(tmp_path):
+    config = json.load(open(TINY))
+    config["vocab_size"] = 32000
+    path = tmp_path / "with_vocab.json"
+    path.write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match=r'"vocab_size" in .*with_vocab\.json: remove it; the '
+                                          r"vocabulary size comes from the tokenizer"):
+        tencentpretrain.load_config(str(path))
