@@ -1,4 +1,5 @@
 """--save_total_limit, the final weights name, and the run summary (one process)."""
+import collections
 import os
 import re
 
@@ -8,7 +9,7 @@ import torch
 from tencentpretrain.training import TrainingError
 from tencentpretrain.training.checkpointing import read_latest
 from tencentpretrain.training.engine import TorchBackend
-from tencentpretrain.utils.weights import load_state_dict_file
+from tencentpretrain.utils.weights import WeightsError, load_state_dict_file
 from tests.test_training_helpers import logged_losses, pretrain_argv, run_in_process
 
 
@@ -72,3 +73,32 @@ def test_bad_retention_and_output_options(tmp_path):
         run_in_process(pretrain_argv(str(tmp_path / "m"), extra=["--save_total_limit", "0"]))
     with pytest.raises(TrainingError, match=f"--output_model_path {tmp_path} is a folder"):
         run_in_process(pretrain_argv(str(tmp_path)))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "pickled code"])
+def test_a_damaged_checkpoint_is_a_one_line_error(tmp_path, damage, capsys):
+    out = str(tmp_path / "m")
+    run_in_process(pretrain_argv(out, steps=2, save=2))
+    states = os.path.join(out + ".checkpoints", "global_step2", "training_states.pt")
+    if damage == "truncated":
+        data = open(states, "rb").read()
+        open(states, "wb").write(data[:len(data) // 2])
+    else:
+        torch.save({"optimizer": collections.OrderedDict(step=slice(1, 2))}, states)
+    with pytest.raises(WeightsError, match=f"{re.escape(states)}: (not a weights file|a pickle "
+                                           "that needs code execution)"):
+        run_in_process(pretrain_argv(out, steps=4, save=2, extra=[
+            "--resume_from_checkpoint", out + ".checkpoints"]))
+
+
+def test_temporaries_of_killed_saves_are_removed_at_the_next_start(tmp_path, capsys):
+    out = tmp_path / "m"
+    (tmp_path / "m.checkpoints" / "global_step1").mkdir(parents=True)
+    dead = [tmp_path / "m-1.tmp-999999999",
+            tmp_path / "m.checkpoints" / "global_step1" / "training_states.pt.tmp-999999999"]
+    live = tmp_path / f"m-7.tmp-{os.getpid()}"  # this process: alive
+    for path in dead + [live]:
+        path.write_bytes(b"partial")
+    run_in_process(pretrain_argv(str(out), steps=1, save=1))
+    assert not any(path.exists() for path in dead) and live.exists()
+    assert f"removed {dead[0]}, left by a save that was killed" in capsys.readouterr().out

@@ -58,6 +58,37 @@ def publish_final(weights_file, output_model_path):
     os.replace(tmp, output_model_path)
 
 
+_TEMPORARY = re.compile(r".+\.tmp-(\d+)")
+
+
+def remove_stale_temporaries(output_model_path):
+    """Delete the temporary files (``NAME.tmp-PID``) a killed save left beside the outputs and
+    in the checkpoint folders, when process PID is gone; a live run's are left alone."""
+    directory = checkpoints_dir(output_model_path)
+    folders = [os.path.dirname(os.path.abspath(output_model_path)), directory]
+    if os.path.isdir(directory):
+        folders += [os.path.join(directory, name) for name in os.listdir(directory)]
+    removed = []
+    for folder in filter(os.path.isdir, folders):
+        for name in os.listdir(folder):
+            match = _TEMPORARY.fullmatch(name)
+            if match and not _alive(int(match.group(1))):
+                path = os.path.join(folder, name)
+                shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+                removed.append(path)
+    return removed
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
 def prune_saves(output_model_path, keep, newest_step):
     """Keep the ``keep`` newest complete saves (resumable folder and weights file) up to
     ``newest_step``, which ``latest`` already names; delete older ones. Called only after a
@@ -210,8 +241,12 @@ def load_trainer_state(directory, tag, rank):
     if not os.path.isfile(path):
         raise TrainingError(f"--resume_from_checkpoint {directory}: {path} is missing (not a "
                             "pretrain.py checkpoint)")
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise TrainingError(f"--resume_from_checkpoint {directory}: {path} is not a trainer "
+                            f"state file ({e})") from None
 
 
 def saved_world_size(directory):

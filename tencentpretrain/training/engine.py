@@ -14,6 +14,7 @@ layout to DeepSpeed. Both scale gradients the same way (``loss_divisor``).
 """
 import contextlib
 import os
+import pickle
 import warnings
 
 import torch
@@ -97,8 +98,7 @@ class TorchBackend:
             raise TrainingError(f"--resume_from_checkpoint {directory}: {folder} is not a "
                                 "one-process checkpoint (saved under --deepspeed? resume there)")
         self.model.load_state_dict(load_state_dict_file(os.path.join(folder, "model.bin")))
-        state = torch.load(os.path.join(folder, "training_states.pt"), map_location="cpu",
-                           weights_only=True)
+        state = load_state_dict_file(os.path.join(folder, "training_states.pt"), tensors_only=False)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
 
@@ -184,8 +184,13 @@ class DeepSpeedBackend(TorchBackend):
         self.engine.save_checkpoint(directory, tag, save_latest=False)
 
     def load_checkpoint(self, directory, tag):
-        path, _ = self.engine.load_checkpoint(directory, tag, load_optimizer_states=True,
-                                              load_lr_scheduler_states=True)
+        try:
+            path, _ = self.engine.load_checkpoint(directory, tag, load_optimizer_states=True,
+                                                  load_lr_scheduler_states=True)
+        except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise TrainingError(f"--resume_from_checkpoint {directory}: {tag} is not a loadable "
+                                f"checkpoint ({first})") from None
         if path is None:
             raise TrainingError(f"--resume_from_checkpoint {directory}: DeepSpeed found no "
                                 f"checkpoint for tag {tag}")

@@ -91,6 +91,9 @@ def _train(args):
     check_args(args)
     if args.deepspeed and single_rank_environment():
         say("note: not started by a launcher (deepspeed, torchrun); running one rank")
+    if int(os.environ.get("RANK", "0")) == 0:
+        for path in ckpt.remove_stale_temporaries(args.output_model_path):
+            say(f"removed {path}, left by a save that was killed")
     world_size = launched_world_size()
     if args.world_size is not None and args.world_size != world_size:
         raise TrainingError(f"--world_size {args.world_size}, but the launcher started "

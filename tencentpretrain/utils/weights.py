@@ -13,7 +13,9 @@ class WeightsError(ValueError):
     """A weights file that is missing, unreadable or does not fit the model."""
 
 
-def load_state_dict_file(path):
+def load_state_dict_file(path, tensors_only=True):
+    """A state dict from ``path``: tensors only for weights; ``tensors_only=False`` also
+    admits the plain containers and numbers of optimizer states (still no pickled code)."""
     if not os.path.exists(path):
         raise WeightsError(f"{path}: no such file")
     if os.path.isdir(path):
@@ -37,7 +39,9 @@ def load_state_dict_file(path):
             raise WeightsError(f"{path}: not a weights file ({first})") from None
     if isinstance(state, dict) and "module" in state and isinstance(state["module"], dict):
         state = state["module"]  # DeepSpeed model-states files
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+    if not isinstance(state, dict):
+        raise WeightsError(f"{path}: not a state dict")
+    if tensors_only and not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightsError(f"{path}: not a state dict of tensors")
     return state
 
