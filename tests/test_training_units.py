@@ -100,7 +100,23 @@ def test_loss_falls_when_one_batch_is_repeated():
     ("linear", [0.5, 1.0, 0.75, 0.5, 0.25, 0.0]),
     ("cosine", [0.5, 1.0, 0.8535534, 0.5, 0.1464466, 0.0]),
     ("constant_with_warmup", [0.5, 1.0, 1.0, 1.0, 1.0, 1.0]),
+    ("constant", [1.0, 1.0, 1.0, 1.0, 1.0, 1.0]),  # TencentPretrain's: no warm-up
+    ("polynomial", [0.5, 1.0, 0.75 ** 0.5, 0.5 ** 0.5, 0.25 ** 0.5, 0.0]),  # power 0.5
 ])
 def test_schedules(kind, expected):
     multiplier = lr_multiplier(kind, total_steps=10, warmup=0.2)  # 2 warm-up steps
     assert [multiplier(s) for s in (0, 1, 4, 6, 8, 10)] == pytest.approx(expected, abs=1e-6)
+
+
+def test_every_schedule_the_help_lists_is_accepted_and_lr_decay_is_the_power():
+    from tencentpretrain.training import build_parser
+    from tests.test_training_helpers import pretrain_argv
+    parser = build_parser()
+    for kind in ("linear", "cosine", "polynomial", "constant", "constant_with_warmup"):
+        assert parser.parse_args(pretrain_argv("m", extra=["--scheduler", kind])).scheduler == kind
+    args = parser.parse_args(pretrain_argv("m", extra=["--scheduler", "polynomial",
+                                                       "--lr_decay", "2"]))
+    multiplier = lr_multiplier(args.scheduler, 10, 0.2, args.lr_decay)
+    assert multiplier(6) == pytest.approx(0.5 ** 2)
+    with pytest.raises(SystemExit):  # a schedule name is pointed at --scheduler
+        parser.parse_args(pretrain_argv("m", extra=["--lr_decay", "cosine"]))

@@ -44,8 +44,11 @@ def build_parser():
     optim.add_argument("--learning_rate", type=float, default=2e-5, help="Peak learning rate.")
     optim.add_argument("--warmup", type=float, default=0.1,
                        help="Fraction of --total_steps spent warming up linearly.")
-    optim.add_argument("--scheduler", "--lr_decay", dest="scheduler", choices=SCHEDULERS,
-                       default="linear", help="Learning rate after warm-up.")
+    optim.add_argument("--scheduler", choices=SCHEDULERS, default="linear",
+                       help="Learning-rate schedule (constant: no warm-up; the others warm up "
+                            "over --warmup, then hold, or decay to 0).")
+    optim.add_argument("--lr_decay", type=_lr_decay, default=0.5,
+                       help="Power of the polynomial schedule (TencentPretrain's option).")
     optim.add_argument("--total_steps", type=int, default=100000, help="Optimizer steps to run.")
 
     progress = parser.add_argument_group("checkpoints and logging")
@@ -97,6 +100,17 @@ def _add_deepspeed_arguments(parser):
         group.add_argument("--deepspeed_config", default=None)
         return
     deepspeed.add_config_arguments(parser)
+
+
+def _lr_decay(text):
+    """A float, as in TencentPretrain; a schedule name gets a pointer to --scheduler."""
+    if text in SCHEDULERS:
+        raise argparse.ArgumentTypeError(f"{text!r} is a schedule: use --scheduler {text} "
+                                         "(--lr_decay is the polynomial power, a float)")
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
 
 
 def check_args(args):

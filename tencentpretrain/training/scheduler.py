@@ -1,8 +1,10 @@
 """Learning-rate schedules as a multiplier of ``--learning_rate`` per optimizer step.
 
-All schedules warm up linearly over ``warmup * total_steps`` steps, then:
-``linear`` decays to 0 at ``total_steps``, ``cosine`` follows half a cosine to 0,
-``constant_with_warmup`` stays at 1. The multiplier is a plain function of the step
+TencentPretrain's names: ``constant`` is 1 at every step (no warm-up); the others warm up
+linearly over ``warmup * total_steps`` steps, then ``constant_with_warmup`` stays at 1,
+``linear`` decays to 0 at ``total_steps``, ``cosine`` follows half a cosine to 0, and
+``polynomial`` decays as (1 - progress) ** power to 0, the power being ``--lr_decay``
+(TencentPretrain's float option, default 0.5). The multiplier is a plain function of the step
 (not an object whose fields a checkpoint would restore), so a resumed run follows
 the schedule of its own command line and gets the same rates as an unbroken run.
 """
@@ -10,22 +12,24 @@ import math
 
 import torch
 
-SCHEDULERS = ("linear", "cosine", "constant_with_warmup")
+SCHEDULERS = ("linear", "cosine", "polynomial", "constant", "constant_with_warmup")
 
 
-def lr_multiplier(kind, total_steps, warmup):
+def lr_multiplier(kind, total_steps, warmup, power=0.5):
     if kind not in SCHEDULERS:
         raise ValueError(f"unknown scheduler {kind!r}; known: {', '.join(SCHEDULERS)}")
-    warmup_steps = int(total_steps * warmup)
+    warmup_steps = 0 if kind == "constant" else int(total_steps * warmup)
 
     def multiplier(step):
         if step < warmup_steps:
             return (step + 1) / warmup_steps
-        if kind == "constant_with_warmup":
+        if kind in ("constant", "constant_with_warmup"):
             return 1.0
         progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
         if kind == "linear":
             return 1.0 - progress
+        if kind == "polynomial":
+            return (1.0 - progress) ** power
         return 0.5 * (1.0 + math.cos(math.pi * progress))
 
     return multiplier

@@ -122,7 +122,8 @@ def _train(args):
     checkpoint_layers = (args.deepspeed_checkpoint_layers_num
                          if args.deepspeed_checkpoint_activations else 0)
     model = setup_model(backend, config, vocab_size, args.seed, weights, checkpoint_layers,
-                        lr_multiplier(args.scheduler, args.total_steps, args.warmup))
+                        lr_multiplier(args.scheduler, args.total_steps, args.warmup,
+                                      args.lr_decay))
 
     batches = BatchIterator(dataset, args.batch_size, args.seed, backend.rank, backend.world_size,
                             prefix_lm_loss=args.prefix_lm_loss)
