@@ -35,8 +35,9 @@ def check_registries(config):
             if name not in registry:
                 known = ", ".join(sorted(registry)) or "(none)"
                 raise ConfigError(f'unknown {kind} "{name}" in {config.source}; known: {known}')
-    if "lm" not in config.target:
-        raise ConfigError(f'"target" in {config.source} must include "lm" for a language model')
+    if config.target != ["lm"]:  # a second target would be built and saved, never trained
+        raise ConfigError(f'"target" in {config.source} is {config.target}; a language model '
+                          'here trains exactly one target: ["lm"]')
 
 
 def build_model(config, vocab_size, device=None):

@@ -139,3 +139,13 @@ def test_load_model_follows_the_default_device(tmp_path):
     assert checked.target.lm.output_layer.weight.is_meta and checked.vocab_size == 100
     loaded = tencentpretrain.load_model(TINY, str(tmp_path / "tiny.bin"))
     assert torch.equal(loaded.target.lm.output_layer.weight, small.target.lm.output_layer.weight)
+
+
+@pytest.mark.parametrize("targets", [["lm", "lm"], []])  # unknown names: the registry
+def test_targets_other_than_lm_alone_are_refused(tmp_path, targets):
+    config = json.load(open(TINY))
+    config["target"] = targets
+    path = tmp_path / "targets.json"
+    path.write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match=r'"target" in .*targets\.json is .*exactly one target'):
+        tencentpretrain.build_model(str(path), 100, device="meta")
