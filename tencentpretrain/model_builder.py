@@ -86,12 +86,17 @@ def load_weights(model, state_dict, path="<state dict>"):
     return model
 
 
-def load_model(config_path, model_path=None, vocab_size=None, dtype=None, device="cpu"):
+def load_model(config_path, model_path=None, vocab_size=None, dtype=None, device="cpu",
+               lora_model_path=None):
     """Build the model of ``config_path`` and load ``model_path`` into it.
 
     The vocabulary size comes from the checkpoint when one is given (and must
     agree with ``vocab_size`` if both are), else from ``vocab_size``.
+    ``lora_model_path``: a LoRA adapter (ours or a PEFT folder) put on top, unmerged.
     """
+    if lora_model_path is not None and model_path is None:
+        raise WeightsError(f"LoRA adapter {lora_model_path} needs the base model it was trained "
+                           "on (model_path / --load_model_path)")
     config = load_config(config_path) if not isinstance(config_path, ModelConfig) else config_path
     check_registries(config)
     state_dict = None
@@ -113,6 +118,9 @@ def load_model(config_path, model_path=None, vocab_size=None, dtype=None, device
         model.load_state_dict(state_dict, strict=not config.tie_weights)
         if config.tie_weights:
             model.target.lm.output_layer.weight = model.embedding.word.embedding.weight
+    if lora_model_path is not None:
+        from tencentpretrain.adapters import load_adapter
+        load_adapter(model, lora_model_path)
     if dtype is not None:
         model = model.to(dtype)
     return model.eval() if model_path is not None else model
