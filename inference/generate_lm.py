@@ -60,7 +60,8 @@ def main(argv=None):
     options = SamplingOptions(1 if args.greedy else args.top_k, args.top_p, args.temperature,
                               args.repetition_penalty).check()
     model, tokenizer = load_model_and_tokenizer(args.config_path, args.load_model_path,
-                                                args.spm_model_path, args.device, args.dtype)
+                                                args.spm_model_path, args.device, args.dtype,
+                                                args.lora_model_path)
     generator = TextGenerator(model, tokenizer, args.seq_length, args.max_new_tokens, options,
                               template, args.seed)
     if args.interactive:

@@ -60,3 +60,16 @@ def load_adapter(model, path):
     for name, tensor in state.items():
         params[name].data.copy_(tensor)
     return model
+
+
+def check_adapter(model_config, lora_config, state, path, vocab_size=None):
+    """Shapes of an adapter against a config, on the meta device (nothing allocated).
+    Without ``vocab_size`` it comes from the adapter's modules_to_save tensors, if any."""
+    from tencentpretrain.layers.lora import MODULES_TO_SAVE, check_adapter_state, inject_lora
+    from tencentpretrain.model_builder import build_model
+    if vocab_size is None:
+        rows = [state[f"{MODULES_TO_SAVE[m]}.weight"].shape[0] for m in lora_config.modules_to_save
+                if f"{MODULES_TO_SAVE[m]}.weight" in state]
+        vocab_size = int(rows[0]) if rows else 1
+    model = inject_lora(build_model(model_config, vocab_size, device="meta"), lora_config)
+    check_adapter_state(model, {name: t.shape for name, t in state.items()}, path)

@@ -128,3 +128,15 @@ def read_peft_dir(path, config: ModelConfig):
         raise WeightsError(f"{weights}: unexpected tensor {next(iter(peft_state))} for config "
                            f"{config.source}")
     return lora, state
+
+
+def write_peft_dir(path, lora: LoraConfig, state, config: ModelConfig):
+    """adapter_config.json + adapter_model.safetensors that ``PeftModel.from_pretrained``
+    loads onto the HF export of the base model."""
+    from tencentpretrain.utils.weights import save_state_dict_file
+    peft_config, peft_state = to_peft(lora, state, config)
+    os.makedirs(path, exist_ok=True)
+    with open(os.path.join(path, PEFT_CONFIG), "w", encoding="utf-8") as f:
+        json.dump(peft_config, f, indent=2)
+        f.write("\n")
+    save_state_dict_file(peft_state, os.path.join(path, PEFT_WEIGHTS))

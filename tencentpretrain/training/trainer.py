@@ -10,10 +10,10 @@ import random
 import numpy as np
 import torch
 
-from tencentpretrain.adapters import read_adapter, save_adapter
+from tencentpretrain.adapters import check_adapter, read_adapter, save_adapter
 from tencentpretrain.config import load_config
 from tencentpretrain.data import PROCESSORS, BatchIterator, TokenDataset
-from tencentpretrain.layers.lora import (adapter_names, check_adapter_state, inject_lora,
+from tencentpretrain.layers.lora import (adapter_names, inject_lora,
                                          keep_grad_through_checkpoints)
 from tencentpretrain.model_builder import build_model
 from tencentpretrain.tokenizer import SpmTokenizer
@@ -145,10 +145,10 @@ def open_lora(args, config, vocab_size):
     if args.lora_pretrained_model_path:
         saved, adapter = read_adapter(args.lora_pretrained_model_path, config)
     lora = lora_config(args, saved)
-    model = inject_lora(build_model(config, vocab_size, device="meta"), lora)
     if adapter is not None:
-        check_adapter_state(model, {name: t.shape for name, t in adapter.items()},
-                            args.lora_pretrained_model_path)
+        check_adapter(config, lora, adapter, args.lora_pretrained_model_path, vocab_size)
+    else:  # a target the config lacks fails here
+        inject_lora(build_model(config, vocab_size, device="meta"), lora)
     return lora, adapter
 
 
