@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from tencentpretrain.config import ConfigError
+from tencentpretrain.utils.weights import WeightsError
 
 # Target name -> the linear layer inside each TransformerLayer (TencentPretrain's names).
 TARGETS = {
@@ -175,7 +176,6 @@ def adapter_names(model):
 def check_adapter_state(model, shapes, path):
     """``shapes``: {name: shape} of an adapter file, against a LoRA-injected model (not
     partitioned); names the first missing/unexpected/mismatched tensor, with both shapes."""
-    from tencentpretrain.utils.weights import WeightsError
     expected = {name: tuple(p.shape) for name, p in model.named_parameters() if p.requires_grad}
     for name, shape in expected.items():
         if name not in shapes:
@@ -216,7 +216,7 @@ def merge_into_state_dict(state, adapter_state, config, model_config):
     for name in config.modules_to_save:
         key = f"{MODULES_TO_SAVE[name]}.weight"
         if key in adapter_state:
-            merged[key] = adapter_state[key].to(state[key].dtype if key in state else None)
+            merged[key] = adapter_state[key].to(state[key].dtype)
     return merged
 
 
