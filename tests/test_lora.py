@@ -270,3 +270,16 @@ def test_adapter_that_does_not_fit_the_base(tmp_path):
     os.remove(adapter.removesuffix(".safetensors") + ".json")
     with pytest.raises(WeightsError, match=r"adapter.safetensors: no .*adapter.json beside it"):
         tencentpretrain.load_model(TINY, base, lora_model_path=adapter)
+
+
+def test_optimizer_holds_only_trainable_parameters():
+    from tencentpretrain.training.ds_config import DEFAULT_OPTIMIZER
+    from tencentpretrain.training.engine import TorchBackend
+    from tencentpretrain.training.trainer import setup_model
+    optimizer = {**DEFAULT_OPTIMIZER, "params": {**DEFAULT_OPTIMIZER["params"], "lr": 1e-3}}
+    backend = TorchBackend(None, {"optimizer": optimizer})
+    model = setup_model(backend, load_config(TINY), VOCAB, 7, None, 0, lambda step: 1.0,
+                        lora=LoraConfig(r=2, modules_to_save=("output",)))
+    in_optimizer = {id(p) for group in backend.optimizer.param_groups for p in group["params"]}
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    assert in_optimizer == trainable and len(trainable) == 2 * 7 * 2 + 1
