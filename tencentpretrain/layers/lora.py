@@ -103,10 +103,10 @@ class LoraLinear(nn.Module):
         self.in_features, self.out_features = base.in_features, base.out_features
         self.weight = base.weight  # the same Parameter (already partitioned under ZeRO-3)
         self.bias = base.bias
-        device = base.weight.device
-        self.lora_A = nn.Parameter(torch.empty(r, self.in_features, device=device))
-        self.lora_B = nn.Parameter(torch.zeros(self.out_features, r, device=device))
-        if device.type != "meta":
+        fp32 = {"device": base.weight.device, "dtype": torch.float32}  # whatever the base's
+        self.lora_A = nn.Parameter(torch.empty(r, self.in_features, **fp32))
+        self.lora_B = nn.Parameter(torch.zeros(self.out_features, r, **fp32))
+        if base.weight.device.type != "meta":
             nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # PEFT's (and nn.Linear's)
         self.scaling = alpha / r
         self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
