@@ -15,6 +15,9 @@ def add_model_options(parser):
     group.add_argument("--load_model_path", required=True,
                        help="Weights: .bin state dict, .safetensors, or a pretrain.py checkpoint.")
     group.add_argument("--config_path", required=True, help="Model config JSON.")
+    group.add_argument("--lora_model_path", default=None,
+                       help="A LoRA adapter on top of --load_model_path: pretrain.py --use_lora "
+                            "output (NAME.safetensors) or a PEFT folder (adapter_config.json).")
     group.add_argument("--spm_model_path", required=True, help="SentencePiece tokenizer model.")
     group.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda:N.")
     group.add_argument("--dtype", default="auto",

@@ -2,7 +2,7 @@
 through the same backends and train_step as pretrain.py, on random tokens.
 
     python3 scripts/benchmark_train.py --layers_num 4 --hidden_size 256 --heads_num 4 \
-        --vocab_size 32000 --batch_size 8 --seq_length 512
+        --vocab_size 32000 --batch_size 8 --seq_length 512 [--use_lora]
     deepspeed --num_gpus 2 scripts/benchmark_train.py --deepspeed \
         --deepspeed_config models/deepspeed_zero3_config.json --enable_zero3 ...
 """
@@ -16,7 +16,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tencentpretrain.config import config_from_dict, load_config  # noqa: E402
+from tencentpretrain.config import ConfigError, config_from_dict, load_config  # noqa: E402
+from tencentpretrain.layers.lora import LoraConfig  # noqa: E402
 from tencentpretrain.training import TrainingError  # noqa: E402
 from tencentpretrain.training.ds_config import read_config, reconcile  # noqa: E402
 from tencentpretrain.training.engine import make_backend, precision_refusal  # noqa: E402
@@ -45,6 +46,9 @@ def build_parser():
                      help="One process: bf16 autocast (what a DeepSpeed config with bf16 gives).")
     run.add_argument("--deepspeed_checkpoint_activations", action="store_true")
     run.add_argument("--enable_zero3", action="store_true")
+    run.add_argument("--use_lora", action="store_true",
+                     help="Train LoRA adapters (all seven targets) on a frozen base instead.")
+    run.add_argument("--lora_r", type=int, default=LoraConfig.r)
     run.add_argument("--local_rank", type=int, default=-1)
     _add_deepspeed_arguments(parser)
     return parser
@@ -85,8 +89,9 @@ def main():
         backend = make_backend(args, ds_config)
         model = setup_model(backend, model_config(args), args.vocab_size, seed=7, weights=None,
                             checkpoint_layers=1 if args.deepspeed_checkpoint_activations else 0,
-                            multiplier=lambda step: 1.0)
-    except TrainingError as e:
+                            multiplier=lambda step: 1.0,
+                            lora=LoraConfig(r=args.lora_r).check() if args.use_lora else None)
+    except (TrainingError, ConfigError) as e:
         sys.exit(f"error: {e}")
     generator = torch.Generator().manual_seed(backend.rank)
     batches = [random_batch(args, generator) for _ in range(4)]
@@ -102,7 +107,8 @@ def main():
     tokens_per_s = tokens / elapsed
     mode = (f"deepspeed {'ZeRO-3 ' if backend.zero3 else ''}{backend.world_size} rank(s)"
             if args.deepspeed else "one process")
-    say(f"{mode}, {backend.precision}, {torch.get_num_threads()} threads | layers "
+    training = f"LoRA r {args.lora_r}" if args.use_lora else "full"
+    say(f"{mode}, {training}, {backend.precision}, {torch.get_num_threads()} threads | layers "
         f"{model.config.layers_num} hidden {model.config.hidden_size} heads "
         f"{model.config.heads_num} vocab {args.vocab_size} | batch {args.batch_size} x "
         f"{args.seq_length} per rank | {tokens_per_s:,.0f} tokens/s | peak RSS "

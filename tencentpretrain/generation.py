@@ -203,12 +203,12 @@ def pick_device_dtype(device="auto", dtype="auto"):
 
 
 def load_model_and_tokenizer(config_path, model_path, spm_model_path, device="auto",
-                             dtype="auto"):
+                             dtype="auto", lora_model_path=None):
     """The checkpoint's vocabulary must be the tokenizer's: checked by load_model."""
     tokenizer = SpmTokenizer(spm_model_path)
     device, dtype = pick_device_dtype(device, dtype)
     model = load_model(config_path, model_path, vocab_size=tokenizer.vocab_size, dtype=dtype,
-                       device=device)
+                       device=device, lora_model_path=lora_model_path)
     return model.eval(), tokenizer
 
 

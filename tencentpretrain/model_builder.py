@@ -87,7 +87,8 @@ def load_weights(model, state_dict, path="<state dict>"):
     return model
 
 
-def load_model(config_path, model_path=None, vocab_size=None, dtype=None, device=None):
+def load_model(config_path, model_path=None, vocab_size=None, dtype=None, device=None,
+               lora_model_path=None):
     """Build the model of ``config_path`` and load ``model_path`` into it.
 
     The vocabulary size comes from the checkpoint when one is given (and must
@@ -95,7 +96,11 @@ def load_model(config_path, model_path=None, vocab_size=None, dtype=None, device
     follows torch's default device (``with torch.device("meta"):``,
     ``torch.set_default_device``); on the meta device only the checkpoint's shapes
     are checked against the config and nothing is allocated.
+    ``lora_model_path``: a LoRA adapter (ours or a PEFT folder) put on top, unmerged.
     """
+    if lora_model_path is not None and model_path is None:
+        raise WeightsError(f"LoRA adapter {lora_model_path} needs the base model it was trained "
+                           "on (model_path / --load_model_path)")
     device = torch.device(device) if device is not None else torch.get_default_device()
     config = load_config(config_path) if not isinstance(config_path, ModelConfig) else config_path
     check_registries(config)
@@ -120,6 +125,9 @@ def load_model(config_path, model_path=None, vocab_size=None, dtype=None, device
         model.load_state_dict(state_dict, strict=not config.tie_weights)
         if config.tie_weights:
             model.target.lm.output_layer.weight = model.embedding.word.embedding.weight
+    if lora_model_path is not None:
+        from tencentpretrain.adapters import load_adapter
+        load_adapter(model, lora_model_path)
     if dtype is not None:
         model = model.to(dtype)
     return model.eval() if model_path is not None else model

@@ -99,8 +99,11 @@ def prune_saves(output_model_path, keep, newest_step):
     for step in steps[:-keep]:
         for name in (tag_of(step), universal_tag(tag_of(step))):
             shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(weights_path(output_model_path, step))
+        weights = weights_path(output_model_path, step)  # and NAME.safetensors/.json adapters
+        for name in os.listdir(os.path.dirname(os.path.abspath(weights))):
+            if name == os.path.basename(weights) or name.startswith(os.path.basename(weights) + "."):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(os.path.join(os.path.dirname(os.path.abspath(weights)), name))
 
 
 def _gathered(param, zero3, modifier_rank):
@@ -136,6 +139,9 @@ class LazyWeights:
             self.shapes = {k: tuple(v.shape) for k, v in state.items()}
             self.tensor = state.__getitem__
 
+    def __getitem__(self, name):
+        return self.tensor(name)
+
     def meta_state_dict(self):
         return {k: torch.empty(shape, device="meta") for k, shape in self.shapes.items()}
 
@@ -150,13 +156,16 @@ def open_pretrained(path, config):
 
 
 @torch.no_grad()
-def load_weights(model, weights, zero3, rank):
-    """Copy ``weights`` into ``model``; under ZeRO-3 rank 0 reads each tensor and
-    DeepSpeed scatters it to the partitions, so no rank holds the checkpoint."""
+def load_weights(model, weights, zero3, rank, names=None):
+    """Copy ``weights`` (LazyWeights or a state dict) into ``model`` (only ``names`` if
+    given); under ZeRO-3 rank 0 reads each tensor and DeepSpeed scatters it to the
+    partitions, so no rank holds the checkpoint."""
     for name, param in _unique_parameters(model):
+        if names is not None and name not in names:
+            continue
         with _gathered(param, zero3, modifier_rank=0):
             if rank == 0 or not zero3:
-                param.data.copy_(weights.tensor(name))
+                param.data.copy_(weights[name])
 
 
 @torch.no_grad()
@@ -175,10 +184,13 @@ def init_weights(model, zero3, rank, std=0.02):
 
 
 @torch.no_grad()
-def consolidated_state_dict(model, zero3, rank):
-    """The full weights on rank 0 (None elsewhere), in the training precision."""
+def consolidated_state_dict(model, zero3, rank, names=None):
+    """The full weights (only ``names`` if given) on rank 0, None elsewhere, in the
+    training precision."""
     state = {} if rank == 0 else None
     for name, param in _unique_parameters(model):
+        if names is not None and name not in names:
+            continue
         with _gathered(param, zero3, modifier_rank=None):
             if rank == 0:
                 state[name] = param.detach().to("cpu", copy=True)

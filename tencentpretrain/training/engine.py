@@ -26,6 +26,12 @@ from tencentpretrain.training.scheduler import build_scheduler
 from tencentpretrain.utils.weights import load_state_dict_file, save_state_dict_file
 
 
+def optimizer_parameters(model):
+    """What the optimizer of either backend updates: the trainable parameters (LoRA
+    freezes the base, which then gets neither gradients nor optimizer state)."""
+    return [p for p in model.parameters() if p.requires_grad]
+
+
 class TorchBackend:
     """One process, torch.optim.AdamW with the DeepSpeed config's settings; fp32 weights,
     bf16 autocast when the config asks for bf16 (and the device has it)."""
@@ -55,7 +61,7 @@ class TorchBackend:
         params = {k: v for k, v in optimizer["params"].items()
                   if k in ("lr", "betas", "eps", "weight_decay")}
         self.model = model.to(self.device)
-        self.optimizer = torch.optim.AdamW(model.parameters(), **params)
+        self.optimizer = torch.optim.AdamW(optimizer_parameters(model), **params)
         self.scheduler = build_scheduler(self.optimizer, lr_multiplier)
         self.clip = self.ds_config.get("gradient_clipping", 0.0)
 
@@ -139,7 +145,7 @@ class DeepSpeedBackend(TorchBackend):
         self.model = model
         try:
             self.engine, self.optimizer, _, self.scheduler = self.deepspeed.initialize(
-                model=model, model_parameters=model.parameters(), config=self.ds_config,
+                model=model, model_parameters=optimizer_parameters(model), config=self.ds_config,
                 lr_scheduler=lambda optimizer: build_scheduler(optimizer, lr_multiplier))
         except (ValueError, TypeError, AssertionError) as e:  # config DeepSpeed refuses
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -4,9 +4,12 @@ Names follow TencentPretrain (``--pretrained_model_path``, ``--total_steps``,
 ``--deepspeed_checkpoint_activations`` ...) so its command lines run as written.
 """
 import argparse
+import dataclasses
 import os
 
+from tencentpretrain.adapters import adapter_files
 from tencentpretrain.data import PROCESSORS
+from tencentpretrain.layers.lora import MODULES_TO_SAVE, TARGETS, LoraConfig, parse_names
 from tencentpretrain.training.errors import TrainingError
 from tencentpretrain.training.logs import LEVELS
 from tencentpretrain.training.scheduler import SCHEDULERS
@@ -86,8 +89,53 @@ def build_parser():
     parallel.add_argument("--deepspeed_checkpoint_layers_num", type=int, default=1,
                           help="Layers per activation checkpoint.")
     parallel.add_argument("--local_rank", type=int, default=-1, help="Set by the launcher.")
+    _add_lora_arguments(parser)
     _add_deepspeed_arguments(parser)
     return parser
+
+
+# LoRA option -> LoraConfig field; unset options (None) keep the default or the saved adapter's
+_LORA_OPTIONS = {"lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout",
+                 "lora_target_modules": "targets", "lora_modules_to_save": "modules_to_save"}
+
+
+def _add_lora_arguments(parser):
+    defaults = LoraConfig()
+    lora = parser.add_argument_group("LoRA")
+    lora.add_argument("--use_lora", action="store_true",
+                      help="Train LoRA adapters on a frozen base; saves adapter-only files.")
+    lora.add_argument("--lora_r", type=int, default=None, help=f"Rank (default {defaults.r}).")
+    lora.add_argument("--lora_alpha", type=float, default=None,
+                      help=f"The update is alpha/r * B A (default alpha {defaults.alpha:g}).")
+    lora.add_argument("--lora_dropout", type=float, default=None,
+                      help=f"Dropout on the adapters' input (default {defaults.dropout:g}).")
+    lora.add_argument("--lora_target_modules", default=None,
+                      help=f"Comma-separated, from {','.join(TARGETS)} (default: all).")
+    lora.add_argument("--lora_modules_to_save", default=None,
+                      help=f"Comma-separated, from {','.join(MODULES_TO_SAVE)}: trained whole "
+                           "(e.g. after a vocabulary extension).")
+    lora.add_argument("--lora_pretrained_model_path", default=None,
+                      help="An adapter to continue from (ours or a PEFT folder).")
+
+
+def lora_config(args, saved=None):
+    """The LoraConfig of ``--use_lora``: defaults, else the adapter continued from
+    (``saved``), overridden by the options given; an option that contradicts the saved
+    adapter's shape or scaling is an error (only the dropout may change)."""
+    config = saved or LoraConfig()
+    given = {}
+    for option, field in _LORA_OPTIONS.items():
+        value = getattr(args, option)
+        if value is None:
+            continue
+        given[field] = parse_names(value) if field in ("targets", "modules_to_save") else value
+        if saved is not None and field != "dropout" and given[field] != getattr(saved, field):
+            raise TrainingError(f"--{option} {value}, but --lora_pretrained_model_path "
+                                f"{args.lora_pretrained_model_path} has {field} "
+                                f"{getattr(saved, field)}")
+    config = dataclasses.replace(config, **given)
+    labels = {field: f"--{option}" for option, field in _LORA_OPTIONS.items()}
+    return config.check(lambda field: labels[field])
 
 
 def _add_deepspeed_arguments(parser):
@@ -146,10 +194,30 @@ def check_args(args):
         raise TrainingError("--deepspeed needs --deepspeed_config")
     if args.enable_zero3 and not args.deepspeed:
         raise TrainingError("--enable_zero3 needs --deepspeed (ZeRO-3 is DeepSpeed's)")
+    _check_lora_args(args)
     if not args.deepspeed and _launched_ranks() > 1:
         raise TrainingError(f"{_launched_ranks()} ranks were launched without --deepspeed; "
                             "add --deepspeed --deepspeed_config, or run one process")
     return args
+
+
+def _check_lora_args(args):
+    given = [f"--{o}" for o in [*_LORA_OPTIONS, "lora_pretrained_model_path"]
+             if getattr(args, o) is not None]
+    if not args.use_lora:
+        if given:
+            raise TrainingError(f"{given[0]} needs --use_lora")
+        return
+    if args.lora_pretrained_model_path:
+        if not args.pretrained_model_path:
+            raise TrainingError("--lora_pretrained_model_path needs --pretrained_model_path, the "
+                                "base model the adapter was trained on")
+        if not os.path.exists(args.lora_pretrained_model_path) and not os.path.isfile(
+                adapter_files(args.lora_pretrained_model_path)[0]):
+            raise TrainingError(f"--lora_pretrained_model_path "
+                                f"{args.lora_pretrained_model_path}: no such file or folder")
+    else:
+        lora_config(args)  # bad values fail now, before any file is read
 
 
 def _launched_ranks():

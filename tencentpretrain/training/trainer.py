@@ -11,8 +11,11 @@ import socket
 import numpy as np
 import torch
 
+from tencentpretrain.adapters import adapter_files, check_adapter, read_adapter, save_adapter
 from tencentpretrain.config import load_config
 from tencentpretrain.data import PROCESSORS, BatchIterator, TokenDataset
+from tencentpretrain.layers.lora import (adapter_names, inject_lora,
+                                         keep_grad_through_checkpoints)
 from tencentpretrain.model_builder import build_model
 from tencentpretrain.tokenizer import SpmTokenizer
 from tencentpretrain.training import checkpointing as ckpt
@@ -23,7 +26,7 @@ from tencentpretrain.training.logs import LOGGER, close_logging, setup_logging
 from tencentpretrain.training.loss import count_tokens, scaled_loss
 from tencentpretrain.training.metrics import (Throughput, flops_per_token, full_numel,
                                               peak_flops)
-from tencentpretrain.training.options import check_args
+from tencentpretrain.training.options import check_args, lora_config
 from tencentpretrain.training.reporting import Reporter
 from tencentpretrain.training.scheduler import lr_multiplier
 
@@ -116,20 +119,22 @@ def _train(args):
         weights, vocab_size = ckpt.open_pretrained(args.pretrained_model_path, config)
     check_data(args, dataset, tokenizer, config, vocab_size)
 
+    lora, adapter = open_lora(args, config, vocab_size) if args.use_lora else (None, None)
+
     backend = make_backend(args, ds_config)
-    if args.resume_from_checkpoint:
-        weights = None  # the checkpoint's weights replace them anyway
+    if args.resume_from_checkpoint and lora is None:
+        weights = None  # the checkpoint's weights replace them (a frozen base is not in it)
     checkpoint_layers = (args.deepspeed_checkpoint_layers_num
                          if args.deepspeed_checkpoint_activations else 0)
     model = setup_model(backend, config, vocab_size, args.seed, weights, checkpoint_layers,
                         lr_multiplier(args.scheduler, args.total_steps, args.warmup,
-                                      args.lr_decay))
+                                      args.lr_decay), lora, adapter)
 
     batches = BatchIterator(dataset, args.batch_size, args.seed, backend.rank, backend.world_size,
                             prefix_lm_loss=args.prefix_lm_loss)
     start_step = resume(args, backend, batches) if args.resume_from_checkpoint else 0
-    say(f"training {model.config.source}: {sum(map(full_numel, model.parameters())):,} "
-        f"parameters, {backend.world_size} rank(s), {backend.precision}, batch {args.batch_size}"
+    say(f"training {model.config.source}: {parameter_summary(model)}, "
+        f"{backend.world_size} rank(s), {backend.precision}, batch {args.batch_size}"
         f" x {args.accumulation_steps} accumulation x {backend.world_size} ranks, steps "
         f"{start_step + 1}..{args.total_steps}")
     if backend.zero3:
@@ -139,9 +144,11 @@ def _train(args):
     backend.close()
 
 
-def setup_model(backend, config, vocab_size, seed, weights, checkpoint_layers, multiplier):
-    """Build (partitioned under ZeRO-3), load ``weights`` or initialise, and hand the model
-    to the backend; the seed makes the initialisation the same on every backend."""
+def setup_model(backend, config, vocab_size, seed, weights, checkpoint_layers, multiplier,
+                lora=None, adapter=None):
+    """Build (partitioned under ZeRO-3), load ``weights`` or initialise, put on LoRA
+    adapters (``lora``; loaded from ``adapter`` or new), and hand the model to the backend;
+    the seed makes the initialisation the same on every backend."""
     seed_everything(seed)
     with backend.model_context():
         model = build_model(config, vocab_size)
@@ -149,10 +156,40 @@ def setup_model(backend, config, vocab_size, seed, weights, checkpoint_layers, m
         ckpt.load_weights(model, weights, backend.zero3, backend.rank)
     else:
         ckpt.init_weights(model, backend.zero3, backend.rank)
+    if lora is not None:
+        with backend.model_context():  # ZeRO-3: the new adapters are partitioned too
+            inject_lora(model, lora)
+        if adapter is not None:
+            ckpt.load_weights(model, adapter, backend.zero3, backend.rank, names=set(adapter))
     if checkpoint_layers:
         model.encoder.enable_activation_checkpointing(checkpoint_layers, backend.checkpoint_fn())
+        if lora is not None:
+            keep_grad_through_checkpoints(model)
     backend.prepare(model, multiplier)
     return model.train()
+
+
+def open_lora(args, config, vocab_size):
+    """The LoRA settings and the adapter to continue from (None: new adapters), checked
+    against the model's shapes on the meta device before anything is allocated."""
+    saved, adapter = None, None
+    if args.lora_pretrained_model_path:
+        saved, adapter = read_adapter(args.lora_pretrained_model_path, config)
+    lora = lora_config(args, saved)
+    if adapter is not None:
+        check_adapter(config, lora, adapter, args.lora_pretrained_model_path, vocab_size)
+    else:  # a target the config lacks fails here
+        inject_lora(build_model(config, vocab_size, device="meta"), lora)
+    return lora, adapter
+
+
+def parameter_summary(model):
+    parameters = {id(p): p for p in model.parameters()}.values()  # tied weights once
+    total = sum(map(full_numel, parameters))
+    trainable = sum(full_numel(p) for p in parameters if p.requires_grad)
+    if trainable == total:
+        return f"{total:,} parameters"
+    return f"{trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%)"
 
 
 def partition_summary(model):
@@ -245,7 +282,13 @@ def loop(args, backend, model, batches, start_step, seq_length):
 def save(args, backend, model, batches, step, reporter):
     """Consolidated weights, then the resumable checkpoint, then ``latest``."""
     path = ckpt.weights_path(args.output_model_path, step)
-    ckpt.save_weights(model, path, backend.zero3, backend.rank)
+    if args.use_lora:  # the adapter (and modules_to_save) only: the base is unchanged
+        state = ckpt.consolidated_state_dict(model, backend.zero3, backend.rank,
+                                             names=set(adapter_names(model)))
+        if backend.rank == 0:
+            path = save_adapter(path, model.lora_config, state)
+    else:
+        ckpt.save_weights(model, path, backend.zero3, backend.rank)
     directory, tag = ckpt.checkpoints_dir(args.output_model_path), ckpt.tag_of(step)
     state = {"step": step, "world_size": backend.world_size, "data": batches.state_dict(),
              "rng": ckpt.rng_state()}
@@ -254,11 +297,15 @@ def save(args, backend, model, batches, step, reporter):
     backend.barrier()
     if backend.rank == 0:
         ckpt.write_latest(directory, tag)
-        if step == args.total_steps:
-            ckpt.publish_final(path, args.output_model_path)
+        if step == args.total_steps:  # an adapter's final name is OUTPUT.safetensors + .json
+            pairs = (zip(adapter_files(path), adapter_files(args.output_model_path))
+                     if args.use_lora else [(path, args.output_model_path)])
+            for source, target in pairs:
+                ckpt.publish_final(source, target)
         if args.save_total_limit:
             ckpt.prune_saves(args.output_model_path, args.save_total_limit, step)
     backend.barrier()  # no rank goes on before the save is complete and pruned
     reporter.say(f"saved {path} and {os.path.join(directory, tag)}"
-                 + (f"; final weights also at {args.output_model_path}"
+                 + (f"; final {'adapter' if args.use_lora else 'weights'} also at "
+                    f"{args.output_model_path}"
                     if step == args.total_steps else ""))

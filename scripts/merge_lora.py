@@ -1,0 +1,46 @@
+"""Fold a LoRA adapter into its base model: W + (alpha / r) * B A for every target, and the
+adapter's modules_to_save tensors in place of the base's. The result is a plain
+TencentPretrain checkpoint (no LoRA needed to use it), in the base weights' dtype."""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from tencentpretrain.adapters import check_adapter, read_adapter  # noqa: E402
+from tencentpretrain.config import ConfigError, load_config  # noqa: E402
+from tencentpretrain.layers.lora import merge_into_state_dict  # noqa: E402
+from tencentpretrain.model_builder import build_model, check_state_dict, vocab_size_of  # noqa: E402
+from tencentpretrain.utils.cli import run  # noqa: E402
+from tencentpretrain.utils.weights import (WeightsError, load_state_dict_file,  # noqa: E402
+                                           save_state_dict_file)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--base_model_path", required=True, help="Base weights (.bin/.safetensors).")
+    parser.add_argument("--lora_model_path", required=True,
+                        help="Adapter: pretrain.py --use_lora output (NAME.safetensors) or a "
+                             "PEFT folder.")
+    parser.add_argument("--config_path", required=True, help="Model config JSON.")
+    parser.add_argument("--output_model_path", required=True,
+                        help="Merged weights (.safetensors by extension, else torch).")
+    args = parser.parse_args(argv)
+    run(lambda: merge(args), (WeightsError, ConfigError))
+
+
+def merge(args):
+    config = load_config(args.config_path)
+    state = load_state_dict_file(args.base_model_path)
+    vocab_size = vocab_size_of(state, args.base_model_path)
+    check_state_dict(build_model(config, vocab_size, device="meta"), state, args.base_model_path)
+    lora, adapter = read_adapter(args.lora_model_path, config)
+    check_adapter(config, lora, adapter, args.lora_model_path, vocab_size)
+    save_state_dict_file(merge_into_state_dict(state, adapter, lora, config),
+                         args.output_model_path)
+    print(f"wrote {args.output_model_path}: {args.base_model_path} + {args.lora_model_path} "
+          f"(r {lora.r}, alpha {lora.alpha:g}, {','.join(lora.targets)})")
+
+
+if __name__ == "__main__":
+    main()
