@@ -89,8 +89,8 @@ def load_weights(model, state_dict, path="<state dict>"):
 def load_model(config_path, model_path=None, vocab_size=None, dtype=None, device="cpu"):
     """Build the model of ``config_path`` and load ``model_path`` into it.
 
-    The vocabulary size comes from the checkpoint when one is given (and must
-    agree with ``vocab_size`` if both are), else from ``vocab_size``.
+    The vocabulary size comes from the checkpoint when one is given (it may exceed the
+    tokenizer's ``vocab_size`` by padding rows, never fall short), else from ``vocab_size``.
     """
     config = load_config(config_path) if not isinstance(config_path, ModelConfig) else config_path
     check_registries(config)
@@ -98,7 +98,7 @@ def load_model(config_path, model_path=None, vocab_size=None, dtype=None, device
     if model_path is not None:
         state_dict = load_state_dict_file(model_path)
         ckpt_vocab = vocab_size_of(state_dict, model_path)
-        if vocab_size is not None and vocab_size != ckpt_vocab:
+        if vocab_size is not None and vocab_size > ckpt_vocab:
             raise WeightsError(f"{model_path} has a vocabulary of {ckpt_vocab} tokens, the "
                                f"tokenizer has {vocab_size}")
         vocab_size = ckpt_vocab
