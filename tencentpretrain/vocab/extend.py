@@ -11,6 +11,7 @@ different vocabulary altogether). A piece the base lacks gets a new row:
 ``pad_to_multiple_of`` adds zero rows up to a multiple (tensor-core friendly shapes); the
 tokenizer never produces their ids, and generation never picks them.
 """
+import sentencepiece as spm
 import torch
 
 from tencentpretrain.config import load_config
@@ -28,7 +29,6 @@ WHITESPACE = "\u2581"
 def spell_without_prefix(base_spm_model_path):
     """A processor of the base model without its dummy prefix: ``encode`` then spells a piece
     string (``▁`` as a space) with base pieces exactly, adding no ``▁`` of its own."""
-    import sentencepiece as spm
     proto = load_proto(base_spm_model_path, "--base_spm_model_path")
     proto.normalizer_spec.add_dummy_prefix = False
     sp = spm.SentencePieceProcessor()

@@ -65,10 +65,11 @@ def merge_tokenizers(base_spm_model_path, new_spm_model_path, output_spm_model_p
 
 def read_texts(path):
     """Documents of an evaluation corpus: ``{"text": ...}`` lines for .jsonl, else lines."""
+    jsonl = corpus_kind(path) == JSONL
     try:
         with open(path, encoding="utf-8") as f:
             for lineno, line in enumerate(f, 1):
-                if corpus_kind(path) == JSONL:
+                if jsonl:
                     try:
                         line = json.loads(line)["text"]
                     except (ValueError, KeyError, TypeError):
