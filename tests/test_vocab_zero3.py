@@ -14,7 +14,7 @@ from tests.test_training_helpers import (LLAMA_SPM, TINY, ZERO3, _preprocess, lo
                                          run_script)
 from tests.test_vocab_helpers import clue_lines, held_out_chinese, merged_tokenizer
 
-STEPS = 8
+STEPS = 10
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,7 @@ def extended_run(tmp_path_factory):
         "--dataset_path", dataset, "--spm_model_path", merged, "--config_path", TINY,
         "--pretrained_model_path", extended, "--output_model_path", output,
         "--total_steps", str(STEPS), "--save_checkpoint_steps", str(STEPS), "--report_steps", "1",
-        "--batch_size", "2", "--learning_rate", "1e-3", "--warmup", "0", "--data_processor", "lm",
+        "--batch_size", "2", "--learning_rate", "1e-2", "--warmup", "0", "--data_processor", "lm",
         "--deepspeed", "--deepspeed_config", ZERO3, "--enable_zero3", "--world_size", "2"],
         launcher=["deepspeed", "--num_gpus", "2"])
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
