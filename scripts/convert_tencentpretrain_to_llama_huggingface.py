@@ -1,15 +1,16 @@
 """Convert TencentPretrain LLaMA weights into a Hugging Face folder
-(config.json + model.safetensors) that ``AutoModelForCausalLM.from_pretrained`` loads."""
+(config.json + model.safetensors) that ``AutoModelForCausalLM.from_pretrained`` loads; with
+--spm_model_path also the tokenizer files, so ``AutoTokenizer`` gives the training ids."""
 import argparse
 import json
 import os
-import shutil
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tencentpretrain.config import ConfigError, load_config  # noqa: E402
 from tencentpretrain.convert.hf_llama import config_to_hf, tencentpretrain_to_hf  # noqa: E402
+from tencentpretrain.convert.hf_tokenizer import write_hf_tokenizer  # noqa: E402
 from tencentpretrain.model_builder import vocab_size_of  # noqa: E402
 from tencentpretrain.tokenizer import SpmTokenizer, TokenizerError  # noqa: E402
 from tencentpretrain.utils.cli import run  # noqa: E402
@@ -25,8 +26,9 @@ def main(argv=None):
     parser.add_argument("--config_path", required=True, help="Model config JSON.")
     parser.add_argument("--output_model_path", required=True, help="Output folder.")
     parser.add_argument("--spm_model_path", default=None,
-                        help="Tokenizer: bos/eos ids for config.json and a copy as "
-                             "tokenizer.model in the folder.")
+                        help="Tokenizer: bos/eos ids for config.json, and tokenizer.model, "
+                             "tokenizer_config.json, special_tokens_map.json and "
+                             "generation_config.json in the folder.")
     args = parser.parse_args(argv)
     run(lambda: convert(args), (WeightsError, ConfigError, TokenizerError))
 
@@ -50,10 +52,11 @@ def convert(args):
         json.dump(config_to_hf(config, vocab_size, bos_id, eos_id, dtype), f, indent=2)
         f.write("\n")
     save_state_dict_file(hf_state, os.path.join(args.output_model_path, "model.safetensors"))
+    written = ["config.json", "model.safetensors"]
     if args.spm_model_path:
-        shutil.copyfile(args.spm_model_path,
-                        os.path.join(args.output_model_path, "tokenizer.model"))
-    print(f"wrote {args.output_model_path}/config.json and model.safetensors")
+        written += write_hf_tokenizer(args.spm_model_path, args.output_model_path,
+                                      config.max_seq_length)
+    print(f"wrote {args.output_model_path}: {', '.join(written)}")
 
 
 if __name__ == "__main__":

@@ -93,8 +93,11 @@ def left_pad(prompts, pad_id, device):
 
 @torch.no_grad()
 def generate(model, prompts, max_new_tokens, max_length=None, eos_id=None, pad_id=0,
-             options=None, generator=None, on_token=None, use_cache=True):
+             options=None, generator=None, on_token=None, use_cache=True, vocab_size=None):
     """New token ids for each prompt (a list of id lists), EOS not included.
+
+    Only ids below ``vocab_size`` (the tokenizer's; default the model's) are produced: rows
+    beyond it are padding (scripts/extend_vocab.py --pad_to_multiple_of).
 
     A row stops at ``eos_id``, after ``max_new_tokens`` tokens, or when prompt plus
     continuation reach ``max_length``. ``on_token(row, token_id)`` is called for every
@@ -114,7 +117,8 @@ def generate(model, prompts, max_new_tokens, max_length=None, eos_id=None, pad_i
     ids, key_mask = left_pad([prompts[row] for row in rows], pad_id, device)
     positions = (key_mask.long().cumsum(dim=1) - 1).clamp(min=0)
     padded = not bool(key_mask.all())  # no mask at all lets SDPA take its causal fast path
-    seen = torch.zeros((len(rows), model.vocab_size), dtype=torch.bool, device=device)
+    vocab_size = vocab_size or model.vocab_size
+    seen = torch.zeros((len(rows), vocab_size), dtype=torch.bool, device=device)
     seen.scatter_(1, torch.where(key_mask, ids, ids[:, -1:]), True)  # padding: a real id
 
     active = torch.tensor(rows, device=device)  # original prompt index of each batch row
@@ -132,7 +136,7 @@ def generate(model, prompts, max_new_tokens, max_length=None, eos_id=None, pad_i
                            key_mask=key_mask if padded else None, kv_cache=cache)
         else:
             logits = model(ids, position_ids=positions, key_mask=key_mask if padded else None)
-        token = next_tokens(logits[:, -1], seen, options, generator)
+        token = next_tokens(logits[:, -1, :vocab_size], seen, options, generator)
         steps_left -= 1
         finished = steps_left == 0
         if eos_id is not None:
@@ -257,7 +261,8 @@ class TextGenerator:
     def complete(self, prompt_ids, on_token=None):
         new_ids = generate(self.model, prompt_ids, self.max_new_tokens, self.seq_length,
                            eos_id=self.tokenizer.eos_id, pad_id=self.tokenizer.pad_id,
-                           options=self.options, generator=self.generator, on_token=on_token)
+                           options=self.options, generator=self.generator, on_token=on_token,
+                           vocab_size=self.tokenizer.vocab_size)
         return [self.tokenizer.decode(ids) for ids in new_ids]
 
     def generate_file(self, test_path, prediction_path, batch_size=1):

@@ -91,9 +91,9 @@ def load_model(config_path, model_path=None, vocab_size=None, dtype=None, device
                lora_model_path=None):
     """Build the model of ``config_path`` and load ``model_path`` into it.
 
-    The vocabulary size comes from the checkpoint when one is given (and must
-    agree with ``vocab_size`` if both are), else from ``vocab_size``. ``device=None``
-    follows torch's default device (``with torch.device("meta"):``,
+    The vocabulary size comes from the checkpoint when one is given (it may exceed the
+    tokenizer's ``vocab_size`` by padding rows, never fall short), else from ``vocab_size``.
+    ``device=None`` follows torch's default device (``with torch.device("meta"):``,
     ``torch.set_default_device``); on the meta device only the checkpoint's shapes
     are checked against the config and nothing is allocated.
     ``lora_model_path``: a LoRA adapter (ours or a PEFT folder) put on top, unmerged.
@@ -108,7 +108,7 @@ def load_model(config_path, model_path=None, vocab_size=None, dtype=None, device
     if model_path is not None:
         state_dict = load_state_dict_file(model_path)
         ckpt_vocab = vocab_size_of(state_dict, model_path)
-        if vocab_size is not None and vocab_size != ckpt_vocab:
+        if vocab_size is not None and vocab_size > ckpt_vocab:
             raise WeightsError(f"{model_path} has a vocabulary of {ckpt_vocab} tokens, the "
                                f"tokenizer has {vocab_size}")
         vocab_size = ckpt_vocab
