@@ -120,3 +120,41 @@ def test_every_schedule_the_help_lists_is_accepted_and_lr_decay_is_the_power():
     assert multiplier(6) == pytest.approx(0.5 ** 2)
     with pytest.raises(SystemExit):  # a schedule name is pointed at --scheduler
         parser.parse_args(pretrain_argv("m", extra=["--lr_decay", "cosine"]))
+
+
+def test_weight_decay_shrinks_matrices_never_norms():
+    """One AdamW step with weight decay 100 at lr 1e-3: every matrix shrinks by about
+    lr x wd = 10%, every norm gain moves only by the Adam update (<= lr)."""
+    torch.manual_seed(0)
+    model = tencentpretrain.build_model(TINY, 32000)
+    model.init_weights()
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    backend = TorchBackend(None, {"optimizer": {"type": "AdamW", "params": {
+        "lr": 1e-3, "betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": 100.0}}})
+    backend.prepare(model.train(), lr_multiplier("constant", 1, 0.0))
+    _, batch = alpaca_batch()
+    loss_sum, count = backend.forward(batch)
+    backend.backward(scaled_loss(loss_sum, int(count), backend.loss_divisor))
+    backend.step()
+    norms = [name for name in before if "layer_norm" in name]
+    assert len(norms) == 2 * 2 + 1
+    for name, p in model.named_parameters():
+        change = (p.detach() - before[name]).abs().max().item()
+        if name in norms:
+            assert change <= 1e-3 + 1e-7, name
+        else:
+            ratio = (p.detach().norm() / before[name].norm()).item()
+            assert 0.88 < ratio < 0.92, (name, ratio)
+
+
+def test_decay_groups_use_the_full_shapes_under_zero3():
+    """A ZeRO-3 parameter is a flat partition here; its full shape (ds_shape) decides."""
+    from tencentpretrain.training.engine import optimizer_parameters
+    model = torch.nn.Module()
+    model.matrix = torch.nn.Parameter(torch.zeros(6))  # a partition of a [4, 3] matrix
+    model.matrix.ds_shape = torch.Size([4, 3])
+    model.gain = torch.nn.Parameter(torch.ones(3))
+    model.frozen = torch.nn.Parameter(torch.zeros(2, 2), requires_grad=False)
+    groups = optimizer_parameters(model, 0.1)
+    assert [(len(g["params"]), g["weight_decay"]) for g in groups] == [(1, 0.1), (1, 0.0)]
+    assert groups[0]["params"][0] is model.matrix and groups[1]["params"][0] is model.gain

@@ -26,10 +26,18 @@ from tencentpretrain.training.scheduler import build_scheduler
 from tencentpretrain.utils.weights import load_state_dict_file, save_state_dict_file
 
 
-def optimizer_parameters(model):
-    """What the optimizer of either backend updates: the trainable parameters (LoRA
-    freezes the base, which then gets neither gradients nor optimizer state)."""
-    return [p for p in model.parameters() if p.requires_grad]
+def optimizer_parameters(model, weight_decay):
+    """The parameter groups of either backend's optimizer: only trainable parameters (LoRA
+    freezes the base, which then gets neither gradients nor optimizer state), and weight
+    decay only on matrices (2+ dimensions), never on norm gains or biases, as in
+    TencentPretrain's no_decay list, nanoGPT and LLaMA's recipe. Shapes are the full ones
+    (``ds_shape``) under ZeRO-3, where a parameter here is a flat partition."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    matrices = [p for p in trainable if len(getattr(p, "ds_shape", p.shape)) >= 2]
+    vectors = [p for p in trainable if len(getattr(p, "ds_shape", p.shape)) < 2]
+    groups = [{"params": matrices, "weight_decay": weight_decay},
+              {"params": vectors, "weight_decay": 0.0}]
+    return [group for group in groups if group["params"]]
 
 
 class TorchBackend:
@@ -61,7 +69,8 @@ class TorchBackend:
         params = {k: v for k, v in optimizer["params"].items()
                   if k in ("lr", "betas", "eps", "weight_decay")}
         self.model = model.to(self.device)
-        self.optimizer = torch.optim.AdamW(optimizer_parameters(model), **params)
+        self.optimizer = torch.optim.AdamW(
+            optimizer_parameters(model, params.pop("weight_decay", 0.01)), **params)
         self.scheduler = build_scheduler(self.optimizer, lr_multiplier)
         self.clip = self.ds_config.get("gradient_clipping", 0.0)
 
@@ -145,7 +154,8 @@ class DeepSpeedBackend(TorchBackend):
         self.model = model
         try:
             self.engine, self.optimizer, _, self.scheduler = self.deepspeed.initialize(
-                model=model, model_parameters=optimizer_parameters(model), config=self.ds_config,
+                model=model, config=self.ds_config, model_parameters=optimizer_parameters(
+                    model, self.ds_config["optimizer"]["params"].get("weight_decay", 0.01)),
                 lr_scheduler=lambda optimizer: build_scheduler(optimizer, lr_multiplier))
         except (ValueError, TypeError, AssertionError) as e:  # config DeepSpeed refuses
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
