@@ -32,10 +32,11 @@ class LmTarget(nn.Module):
 
 
 def _gathered(weight):
-    """ZeRO-3 gathers a module's parameters only around that module's own forward; the
-    loss reads the output layer's weight directly, so it gathers it here (collective: every
-    rank runs the same forward)."""
-    if not hasattr(weight, "ds_id"):
+    """The whole weight under ZeRO-3. Inside the DeepSpeed engine's forward, reading
+    ``output_layer.weight`` from this module already gathered it and registered it as an
+    external parameter of this module, so it is gathered again for this module's backward;
+    outside the engine (a bare call on a partitioned model) it is gathered here for the call."""
+    if getattr(weight, "ds_status", None) is None:
         return contextlib.nullcontext()
-    import deepspeed
-    return deepspeed.zero.GatheredParameters([weight])
+    from deepspeed.runtime.zero.partition_parameters import GatheredParameters, ZeroParamStatus
+    return GatheredParameters([weight], enabled=weight.ds_status == ZeroParamStatus.NOT_AVAILABLE)

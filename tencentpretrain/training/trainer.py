@@ -91,7 +91,8 @@ def train(args):
     checkpoint_layers = (args.deepspeed_checkpoint_layers_num
                          if args.deepspeed_checkpoint_activations else 0)
     model = setup_model(backend, config, vocab_size, args.seed, weights, checkpoint_layers,
-                        lr_multiplier(args.scheduler, args.total_steps, args.warmup))
+                        lr_multiplier(args.scheduler, args.total_steps, args.warmup),
+                        compile_layers=args.compile)
 
     batches = BatchIterator(dataset, args.batch_size, args.seed, backend.rank, backend.world_size,
                             prefix_lm_loss=args.prefix_lm_loss)
@@ -107,9 +108,12 @@ def train(args):
     backend.close()
 
 
-def setup_model(backend, config, vocab_size, seed, weights, checkpoint_layers, multiplier):
+def setup_model(backend, config, vocab_size, seed, weights, checkpoint_layers, multiplier,
+                compile_layers=False):
     """Build (partitioned under ZeRO-3), load ``weights`` or initialise, and hand the model
-    to the backend; the seed makes the initialisation the same on every backend."""
+    to the backend; the seed makes the initialisation the same on every backend.
+    ``compile_layers``: torch.compile each transformer layer in place (parameter names and
+    checkpoints unchanged); the layer is the unit that repeats, so it compiles once."""
     seed_everything(seed)
     with backend.model_context():
         model = build_model(config, vocab_size)
@@ -119,6 +123,9 @@ def setup_model(backend, config, vocab_size, seed, weights, checkpoint_layers, m
         ckpt.init_weights(model, backend.zero3, backend.rank)
     if checkpoint_layers:
         model.encoder.enable_activation_checkpointing(checkpoint_layers, backend.checkpoint_fn())
+    if compile_layers:
+        for layer in model.encoder.transformer:
+            layer.compile()
     backend.prepare(model, multiplier)
     return model.train()
 
@@ -157,15 +164,15 @@ def train_step(backend, micro_batches):
     """One optimizer step over this rank's micro-batches (see loss.py for the scaling).
 
     Returns the global sum of token losses, the global counted and input token numbers,
-    and the gradient norm."""
+    and the gradient norm (a float or a 0-dim tensor: read it only when reporting)."""
     counted, tokens = count_tokens(micro_batches, backend)
-    local_loss = torch.zeros((), dtype=torch.float64)
+    local_loss = torch.zeros((), dtype=torch.float64, device=backend.device)
     for batch in micro_batches:
         loss_sum, _ = backend.forward(batch)
         backend.backward(scaled_loss(loss_sum, counted, backend.loss_divisor))
-        local_loss += loss_sum.detach().double().cpu()
+        local_loss += loss_sum.detach().double()  # stays on the device: no sync per micro-batch
     grad_norm = backend.step()
-    step_loss = float(backend.all_reduce_sum(local_loss.reshape(1)).cpu())
+    step_loss = float(backend.all_reduce_sum(local_loss.reshape(1)).cpu())  # the one sync
     return step_loss, counted, tokens, grad_norm
 
 
@@ -188,7 +195,7 @@ def loop(args, backend, model, batches, start_step, seq_length):
             reporter.advance()
             if step % args.report_steps == 0 or step == args.total_steps:
                 tokens_per_s, mfu = throughput.report()
-                reporter.report(step, window_loss / max(window_tokens, 1), lr, grad_norm,
+                reporter.report(step, window_loss / max(window_tokens, 1), lr, float(grad_norm),
                                 tokens_per_s, mfu)
                 window_loss, window_tokens = 0.0, 0
             if step % args.save_checkpoint_steps == 0 or step == args.total_steps:
