@@ -99,3 +99,23 @@ def plain_loss_from_logits(logits, labels, loss_mask):
     token_loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(),
                                  reduction="none")
     return torch.where(loss_mask.flatten(), token_loss, 0.0).sum()
+
+
+def test_bf16_autocast_matches_plain_autocast():
+    """Under autocast the matmuls run in bf16 as the plain version's do; log-softmax stays
+    fp32 and the gradients come back in the parameters' dtype."""
+    generator = torch.Generator().manual_seed(3)
+    hidden = torch.randn(2, 33, 32, generator=generator)
+    weight = torch.randn(501, 32, generator=generator) * 0.3
+    labels = torch.randint(0, 501, (2, 33), generator=generator)
+    loss_mask = torch.ones(2, 33, dtype=torch.bool)
+    results = []
+    for loss_fn in (plain_loss, lce.linear_cross_entropy):
+        with torch.autocast("cpu", torch.bfloat16):
+            results.append(loss_and_grads(loss_fn, hidden, weight, labels, loss_mask, 1.0))
+    (plain_value, *plain_grads), (value, *grads) = results
+    assert value.dtype == torch.float32
+    assert_rel_close(value, plain_value, rel=1e-3)
+    for grad, plain_grad in zip(grads, plain_grads):
+        assert grad.dtype == torch.float32
+        assert_rel_close(grad, plain_grad, rel=2e-2)

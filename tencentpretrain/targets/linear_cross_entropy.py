@@ -53,7 +53,10 @@ class LinearCrossEntropy(torch.autograd.Function):
                 grad_logits.mul_(mask_c[:, None])
                 grad_logits = grad_logits.to(compute_dtype)
                 torch.mm(grad_logits, w, out=grad_hidden[start:start + step])
-                grad_weight.addmm_(grad_logits.t(), h_c)
+                if grad_weight.dtype == compute_dtype:
+                    grad_weight.addmm_(grad_logits.t(), h_c)
+                else:  # bf16 matmul, fp32 sum over chunks
+                    grad_weight += grad_logits.t() @ h_c
         if with_grads:
             ctx.save_for_backward(grad_hidden, grad_weight)
         ctx.dtypes = hidden.dtype, weight.dtype
