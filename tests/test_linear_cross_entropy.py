@@ -119,3 +119,22 @@ def test_bf16_autocast_matches_plain_autocast():
     for grad, plain_grad in zip(grads, plain_grads):
         assert grad.dtype == torch.float32
         assert_rel_close(grad, plain_grad, rel=2e-2)
+
+
+def test_wrapped_output_layer_keeps_its_forward():
+    """A head wrapped after build (e.g. by an adapter) is called, not bypassed."""
+    torch.manual_seed(0)
+    model = tencentpretrain.build_model(TINY, 320)
+    head = model.target.lm.output_layer
+
+    class Shifted(torch.nn.Module):
+        def forward(self, x):
+            return head(x) + torch.arange(320.0) / 320
+
+    input_ids = torch.randint(0, 320, (2, 9))
+    loss_sum, _ = model(input_ids, labels=input_ids)
+    model.target.lm.output_layer = Shifted()
+    wrapped_sum, _ = model(input_ids, labels=input_ids)
+    expected = plain_loss_from_logits(model(input_ids), input_ids, torch.ones(2, 9, dtype=bool))
+    assert_rel_close(wrapped_sum, expected)
+    assert abs(wrapped_sum - loss_sum) > 1e-3

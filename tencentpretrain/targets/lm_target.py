@@ -10,6 +10,7 @@ import contextlib
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from tencentpretrain.targets.linear_cross_entropy import linear_cross_entropy
 
@@ -25,6 +26,10 @@ class LmTarget(nn.Module):
         if loss_mask is None:
             loss_mask = torch.ones_like(labels, dtype=torch.bool)
         loss_mask = loss_mask.bool()
+        if type(self.output_layer) is not nn.Linear:  # wrapped (an adapter): its own forward
+            token_loss = F.cross_entropy(self.output_layer(hidden).float().flatten(0, 1),
+                                         labels.flatten(), reduction="none")
+            return torch.where(loss_mask.flatten(), token_loss, 0.0).sum(), loss_mask.sum()
         weight = self.output_layer.weight
         with _gathered(weight):
             loss_sum = linear_cross_entropy(hidden, weight, labels, loss_mask)
