@@ -36,27 +36,39 @@ class LinearCrossEntropy(torch.autograd.Function):
             grad_hidden = torch.empty_like(h) if with_grads else None
             grad_weight = torch.zeros(w.shape, dtype=torch.float32, device=w.device) \
                 if with_grads else None
-            step = chunk_tokens_for(w.shape[0])
+            step = max(1, min(chunk_tokens_for(w.shape[0]), h.shape[0]))
+            # one fp32 buffer for every chunk's logits, reused in place: no fresh
+            # [chunk, vocab] allocation (and page faults) per chunk
+            buffer = torch.empty(step, w.shape[0], dtype=torch.float32, device=h.device)
             for start in range(0, h.shape[0], step):
                 h_c = h[start:start + step]
-                mask_c = loss_mask[start:start + step]
-                targets = torch.where(mask_c, labels[start:start + step], 0)[:, None]
-                logits = (h_c @ w.t()).float()
-                log_norm = torch.logsumexp(logits, dim=-1, keepdim=True)
-                token_loss = log_norm - logits.gather(1, targets)
-                loss_sum += torch.where(mask_c[:, None], token_loss, 0.0).sum()
+                keep = loss_mask[start:start + step, None]
+                targets = torch.where(keep, labels[start:start + step, None], 0)
+                logits = buffer[:h_c.shape[0]]
+                if compute_dtype == torch.float32:
+                    torch.mm(h_c, w.t(), out=logits)
+                else:
+                    logits.copy_(h_c @ w.t())
+                logits.sub_(logits.amax(dim=1, keepdim=True))  # shifted: exp cannot overflow
+                target_logits = logits.gather(1, targets)
+                normaliser = logits.exp_().sum(dim=1, keepdim=True)
+                token_loss = normaliser.log() - target_logits
+                loss_sum += torch.where(keep, token_loss, 0.0).sum()
                 if not with_grads:
                     continue
-                # d loss / d logits = softmax - one_hot(target), zero for masked-out tokens
-                grad_logits = logits.sub_(log_norm).exp_()
+                # d loss / d logits = softmax - one_hot(target); masked-out tokens get none:
+                # their rows are zeroed in hidden (for the weight) and in the hidden gradient
+                grad_logits = logits.div_(normaliser)
                 grad_logits.scatter_add_(1, targets, torch.full_like(token_loss, -1.0))
-                grad_logits.mul_(mask_c[:, None])
                 grad_logits = grad_logits.to(compute_dtype)
-                torch.mm(grad_logits, w, out=grad_hidden[start:start + step])
+                grad_hidden_c = grad_hidden[start:start + step]
+                torch.mm(grad_logits, w, out=grad_hidden_c)
+                grad_hidden_c.mul_(keep)
+                kept_h = h_c * keep
                 if grad_weight.dtype == compute_dtype:
-                    grad_weight.addmm_(grad_logits.t(), h_c)
+                    grad_weight.addmm_(grad_logits.t(), kept_h)
                 else:  # bf16 matmul, fp32 sum over chunks
-                    grad_weight += grad_logits.t() @ h_c
+                    grad_weight += grad_logits.t() @ kept_h
         if with_grads:
             ctx.save_for_backward(grad_hidden, grad_weight)
         ctx.dtypes = hidden.dtype, weight.dtype
