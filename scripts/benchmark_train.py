@@ -45,6 +45,8 @@ def build_parser():
     run.add_argument("--bf16", action="store_true",
                      help="One process: bf16 autocast (what a DeepSpeed config with bf16 gives).")
     run.add_argument("--deepspeed_checkpoint_activations", action="store_true")
+    run.add_argument("--compile", action="store_true",
+                     help="torch.compile each transformer layer (as pretrain.py --compile).")
     run.add_argument("--enable_zero3", action="store_true")
     run.add_argument("--use_lora", action="store_true",
                      help="Train LoRA adapters (all seven targets) on a frozen base instead.")
@@ -89,7 +91,7 @@ def main():
         backend = make_backend(args, ds_config)
         model = setup_model(backend, model_config(args), args.vocab_size, seed=7, weights=None,
                             checkpoint_layers=1 if args.deepspeed_checkpoint_activations else 0,
-                            multiplier=lambda step: 1.0,
+                            multiplier=lambda step: 1.0, compile_layers=args.compile,
                             lora=LoraConfig(r=args.lora_r).check() if args.use_lora else None)
     except (TrainingError, ConfigError) as e:
         sys.exit(f"error: {e}")
@@ -108,6 +110,8 @@ def main():
     mode = (f"deepspeed {'ZeRO-3 ' if backend.zero3 else ''}{backend.world_size} rank(s)"
             if args.deepspeed else "one process")
     training = f"LoRA r {args.lora_r}" if args.use_lora else "full"
+    mode += "".join([", activation checkpointing" * args.deepspeed_checkpoint_activations,
+                     ", compiled layers" * args.compile])
     say(f"{mode}, {training}, {backend.precision}, {torch.get_num_threads()} threads | layers "
         f"{model.config.layers_num} hidden {model.config.hidden_size} heads "
         f"{model.config.heads_num} vocab {args.vocab_size} | batch {args.batch_size} x "
@@ -117,6 +121,8 @@ def main():
     if peak:
         mfu = tokens_per_s * flops_per_token(model, args.seq_length) / (peak * backend.world_size)
         say(f"MFU {100 * mfu:.1f}%")
+    if backend.device.type == "cuda":
+        say(f"CUDA peak allocated {torch.cuda.max_memory_allocated() / 2 ** 30:.1f} GiB (rank 0)")
     backend.close()
 
 

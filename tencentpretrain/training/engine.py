@@ -70,7 +70,8 @@ class TorchBackend:
                   if k in ("lr", "betas", "eps", "weight_decay")}
         self.model = model.to(self.device)
         self.optimizer = torch.optim.AdamW(
-            optimizer_parameters(model, params.pop("weight_decay", 0.01)), **params)
+            optimizer_parameters(model, params.pop("weight_decay", 0.01)), **params,
+            **adamw_kernel(self.device))
         self.scheduler = build_scheduler(self.optimizer, lr_multiplier)
         self.clip = self.ds_config.get("gradient_clipping", 0.0)
 
@@ -82,12 +83,13 @@ class TorchBackend:
         loss.backward()
 
     def step(self):
+        """Returns the gradient norm as a tensor: reading it would wait for the device."""
         params = [p for p in self.model.parameters() if p.grad is not None]
         norm = torch.nn.utils.clip_grad_norm_(params, self.clip if self.clip > 0 else float("inf"))
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return float(norm)
+        return norm.detach()
 
     @property
     def lr(self):
@@ -140,6 +142,8 @@ class DeepSpeedBackend(TorchBackend):
             accelerator.set_device(local_rank)
             self.device = torch.device(accelerator.device_name(local_rank))
         self.precision = precision(ds_config)
+        if self.device.type == "cuda":
+            _fuse_torch_adam(ds_config)
         # DeepSpeed divides each micro-batch loss by the accumulation steps and averages
         # gradients over ranks; the trainer multiplies this back (see loss.py).
         self.loss_divisor = ds_config["gradient_accumulation_steps"] * self.world_size
@@ -210,6 +214,22 @@ class DeepSpeedBackend(TorchBackend):
         if path is None:
             raise TrainingError(f"--resume_from_checkpoint {directory}: DeepSpeed found no "
                                 f"checkpoint for tag {tag}")
+
+
+def adamw_kernel(device):
+    """torch AdamW's fused kernel (all tensors in one pass) on GPU and on CPU, where it
+    steps 5x faster than the default per-tensor loop (docs/benchmarks.md)."""
+    return {"fused": True} if device.type in ("cuda", "cpu") else {}
+
+
+def _fuse_torch_adam(ds_config):
+    """With ``torch_adam`` DeepSpeed builds torch's AdamW from the config's params; on GPU
+    ask for its fused kernel (without ``torch_adam`` DeepSpeed uses its own FusedAdam)."""
+    optimizer = ds_config.get("optimizer", {})
+    params = optimizer.get("params", {})
+    if (optimizer.get("type", "").lower() in ("adam", "adamw") and params.get("torch_adam")
+            and "fused" not in params and "foreach" not in params):
+        params["fused"] = True
 
 
 def make_backend(args, ds_config):

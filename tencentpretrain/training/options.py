@@ -88,6 +88,9 @@ def build_parser():
                           help="Recompute layer activations in backward.")
     parallel.add_argument("--deepspeed_checkpoint_layers_num", type=int, default=1,
                           help="Layers per activation checkpoint.")
+    parallel.add_argument("--compile", action="store_true",
+                          help="torch.compile each transformer layer (GPU; the first steps "
+                               "compile, later ones run faster).")
     parallel.add_argument("--local_rank", type=int, default=-1, help="Set by the launcher.")
     _add_lora_arguments(parser)
     _add_deepspeed_arguments(parser)

@@ -128,7 +128,7 @@ def _train(args):
                          if args.deepspeed_checkpoint_activations else 0)
     model = setup_model(backend, config, vocab_size, args.seed, weights, checkpoint_layers,
                         lr_multiplier(args.scheduler, args.total_steps, args.warmup,
-                                      args.lr_decay), lora, adapter)
+                                      args.lr_decay), lora, adapter, compile_layers=args.compile)
 
     batches = BatchIterator(dataset, args.batch_size, args.seed, backend.rank, backend.world_size,
                             prefix_lm_loss=args.prefix_lm_loss)
@@ -145,10 +145,12 @@ def _train(args):
 
 
 def setup_model(backend, config, vocab_size, seed, weights, checkpoint_layers, multiplier,
-                lora=None, adapter=None):
+                lora=None, adapter=None, compile_layers=False):
     """Build (partitioned under ZeRO-3), load ``weights`` or initialise, put on LoRA
     adapters (``lora``; loaded from ``adapter`` or new), and hand the model to the backend;
-    the seed makes the initialisation the same on every backend."""
+    the seed makes the initialisation the same on every backend.
+    ``compile_layers``: torch.compile each transformer layer in place (parameter names and
+    checkpoints unchanged); the layer is the unit that repeats, so it compiles once."""
     seed_everything(seed)
     with backend.model_context():
         model = build_model(config, vocab_size)
@@ -165,6 +167,9 @@ def setup_model(backend, config, vocab_size, seed, weights, checkpoint_layers, m
         model.encoder.enable_activation_checkpointing(checkpoint_layers, backend.checkpoint_fn())
         if lora is not None:
             keep_grad_through_checkpoints(model)
+    if compile_layers:
+        for layer in model.encoder.transformer:
+            layer.compile()
     backend.prepare(model, multiplier)
     return model.train()
 
@@ -237,15 +242,15 @@ def train_step(backend, micro_batches):
     """One optimizer step over this rank's micro-batches (see loss.py for the scaling).
 
     Returns the global sum of token losses, the global counted and input token numbers,
-    and the gradient norm."""
+    and the gradient norm (a float or a 0-dim tensor: read it only when reporting)."""
     counted, tokens = count_tokens(micro_batches, backend)
-    local_loss = torch.zeros((), dtype=torch.float64)
+    local_loss = torch.zeros((), dtype=torch.float64, device=backend.device)
     for batch in micro_batches:
         loss_sum, _ = backend.forward(batch)
         backend.backward(scaled_loss(loss_sum, counted, backend.loss_divisor))
-        local_loss += loss_sum.detach().double().cpu()
+        local_loss += loss_sum.detach().double()  # stays on the device: no sync per micro-batch
     grad_norm = backend.step()
-    step_loss = float(backend.all_reduce_sum(local_loss.reshape(1)).cpu())
+    step_loss = float(backend.all_reduce_sum(local_loss.reshape(1)).cpu())  # the one sync
     return step_loss, counted, tokens, grad_norm
 
 
@@ -269,7 +274,7 @@ def loop(args, backend, model, batches, start_step, seq_length):
             reporter.advance()
             if step % args.report_steps == 0 or step == args.total_steps:
                 tokens_per_s, mfu = throughput.report()
-                reporter.report(step, window_loss / max(window_tokens, 1), lr, grad_norm,
+                reporter.report(step, window_loss / max(window_tokens, 1), lr, float(grad_norm),
                                 tokens_per_s, mfu)
                 window_loss, window_tokens = 0.0, 0
             if step % args.save_checkpoint_steps == 0 or step == args.total_steps:

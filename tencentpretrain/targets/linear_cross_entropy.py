@@ -1,0 +1,96 @@
+"""Output projection + summed token cross-entropy, computed chunk by chunk over tokens.
+
+Why: done plainly, ``cross_entropy(linear(hidden))`` keeps the [tokens, vocab] fp32 logits,
+their log-softmax and, in backward, a zero-filled gradient of the same size (each 524 MB at
+8 x 512 tokens x 32000). Here only one chunk of logits exists at a time: the forward pass
+computes each chunk's loss and, right away, its gradients with respect to hidden and weight;
+backward only scales them by the incoming gradient (the loss is a sum, so its gradient is
+linear in it). Same FLOPs as the plain version, no recomputation.
+
+The weight must be whole when ``apply`` runs: under ZeRO-3 the caller gathers it first
+(``LmTarget`` does), and autograd hands the weight gradient to the parameter as usual.
+"""
+import torch
+
+# Logits per chunk (x 4 bytes in fp32): 32 MB, a few hundred tokens at LLaMA's vocabulary.
+CHUNK_LOGITS = 1 << 23
+
+
+def chunk_tokens_for(vocab_size):
+    return max(1, CHUNK_LOGITS // vocab_size)
+
+
+class LinearCrossEntropy(torch.autograd.Function):
+    """loss_sum = sum over masked-in tokens of cross_entropy(hidden @ weight.T, labels).
+
+    hidden [tokens, hidden_size], weight [vocab, hidden_size], labels [tokens] (any value
+    where loss_mask is False), loss_mask [tokens] bool. ``compute_dtype`` is the matmul dtype
+    (bf16 under autocast); log-softmax is always fp32. Returns a 0-dim fp32 tensor.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, labels, loss_mask, compute_dtype, with_grads):
+        with torch.autocast(hidden.device.type, enabled=False):
+            h, w = hidden.to(compute_dtype), weight.to(compute_dtype)
+            loss_sum = torch.zeros((), dtype=torch.float32, device=hidden.device)
+            grad_hidden = torch.empty_like(h) if with_grads else None
+            grad_weight = torch.zeros(w.shape, dtype=torch.float32, device=w.device) \
+                if with_grads else None
+            step = max(1, min(chunk_tokens_for(w.shape[0]), h.shape[0]))
+            # one fp32 buffer for every chunk's logits, reused in place: no fresh
+            # [chunk, vocab] allocation (and page faults) per chunk
+            buffer = torch.empty(step, w.shape[0], dtype=torch.float32, device=h.device)
+            for start in range(0, h.shape[0], step):
+                h_c = h[start:start + step]
+                keep = loss_mask[start:start + step, None]
+                targets = torch.where(keep, labels[start:start + step, None], 0)
+                logits = buffer[:h_c.shape[0]]
+                if compute_dtype == torch.float32:
+                    torch.mm(h_c, w.t(), out=logits)
+                else:
+                    logits.copy_(h_c @ w.t())
+                logits.sub_(logits.amax(dim=1, keepdim=True))  # shifted: exp cannot overflow
+                target_logits = logits.gather(1, targets)
+                normaliser = logits.exp_().sum(dim=1, keepdim=True)
+                token_loss = normaliser.log() - target_logits
+                loss_sum += torch.where(keep, token_loss, 0.0).sum()
+                if not with_grads:
+                    continue
+                # d loss / d logits = softmax - one_hot(target); masked-out tokens get none:
+                # their rows are zeroed in hidden (for the weight) and in the hidden gradient
+                grad_logits = logits.div_(normaliser)
+                grad_logits.scatter_add_(1, targets, torch.full_like(token_loss, -1.0))
+                grad_logits = grad_logits.to(compute_dtype)
+                grad_hidden_c = grad_hidden[start:start + step]
+                torch.mm(grad_logits, w, out=grad_hidden_c)
+                grad_hidden_c.mul_(keep)
+                kept_h = h_c * keep
+                if grad_weight.dtype == compute_dtype:
+                    grad_weight.addmm_(grad_logits.t(), kept_h)
+                else:  # bf16 matmul, fp32 sum over chunks
+                    grad_weight += grad_logits.t() @ kept_h
+        if with_grads:
+            ctx.save_for_backward(grad_hidden, grad_weight)
+        ctx.dtypes = hidden.dtype, weight.dtype
+        return loss_sum
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        hidden_dtype, weight_dtype = ctx.dtypes
+        grad_hidden = (grad_hidden * grad_loss).to(hidden_dtype) \
+            if ctx.needs_input_grad[0] else None
+        grad_weight = (grad_weight * grad_loss).to(weight_dtype) \
+            if ctx.needs_input_grad[1] else None
+        return grad_hidden, grad_weight, None, None, None, None
+
+
+def linear_cross_entropy(hidden, weight, labels, loss_mask):
+    """Summed cross-entropy of ``hidden @ weight.T`` over tokens where ``loss_mask``;
+    shapes [..., hidden_size], [vocab, hidden_size], [...], [...]."""
+    device = hidden.device.type
+    compute_dtype = (torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device)
+                     else hidden.dtype)
+    with_grads = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
+    return LinearCrossEntropy.apply(hidden.flatten(0, -2), weight, labels.flatten(),
+                                    loss_mask.flatten().bool(), compute_dtype, with_grads)
