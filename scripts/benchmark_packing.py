@@ -7,7 +7,7 @@ Preprocesses the corpus twice with the real preprocess() (one example per sample
 for: packed samples (isolated: document mask + per-example positions), the same packed
 batches without isolation (not a valid training mode: it prices the mask), and unpacked
 samples padded to the longest in the batch (this project's collate) and to seq_length
-(TencentPretrain's fixed shapes). Batches come from BatchIterator with --prefix_lm_loss, so
+(TencentPretrain's fixed shapes); one step of each mode in turn. Batches come from BatchIterator with --prefix_lm_loss, so
 "answer tokens" are exactly the tokens the loss counts.
 """
 import argparse
@@ -39,7 +39,7 @@ def build_parser():
     parser.add_argument("--hidden_size", type=int, default=256)
     parser.add_argument("--heads_num", type=int, default=4)
     parser.add_argument("--batch_size", type=int, default=4, help="Samples per step, every mode.")
-    parser.add_argument("--steps", type=int, default=6, help="Timed steps per mode.")
+    parser.add_argument("--steps", type=int, default=5, help="Timed steps per mode.")
     parser.add_argument("--warmup_steps", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--modes", default="packed,packed_unisolated,padded_longest,padded_seq_length")
@@ -61,20 +61,26 @@ def make_model(args, vocab_size):
                                 checkpoint_layers=0, multiplier=lambda step: 1.0)
 
 
-def time_mode(backend, batches, args):
-    for _ in range(args.warmup_steps):
-        train_step(backend, [next(batches)])
-    answer, tokens, examples, elapsed = 0, 0, 0, 0.0
-    for _ in range(args.steps):
-        batch = next(batches)
-        answer += int(batch["loss_mask"].sum())
-        examples += int(sum(int(row.max()) for row in batch["seg"]) if batch.get("isolate_segments")
-                        else len(batch["seg"]))
-        start = time.perf_counter()
-        tokens += train_step(backend, [batch])[2]
-        elapsed += time.perf_counter() - start
-    return {"answer_per_s": answer / elapsed, "tokens_per_s": tokens / elapsed,
-            "examples_per_s": examples / elapsed, "shape": tuple(batch["input_ids"].shape)}
+def time_modes(backend, iterators, args):
+    """Round-robin, one step of each mode in turn, so load from other processes on a shared
+    machine falls on every mode alike."""
+    totals = {mode: dict(answer=0, tokens=0, examples=0, seconds=0.0) for mode in iterators}
+    for step in range(args.warmup_steps + args.steps):
+        for mode, batches in iterators.items():
+            batch = next(batches)
+            start = time.perf_counter()
+            tokens = train_step(backend, [batch])[2]
+            seconds = time.perf_counter() - start
+            if step >= args.warmup_steps:
+                t = totals[mode]
+                t["answer"] += int(batch["loss_mask"].sum())
+                t["examples"] += int(batch["seg"].amax(dim=1).sum())
+                t["tokens"] += tokens
+                t["seconds"] += seconds
+                t["shape"] = tuple(batch["input_ids"].shape)
+    return {mode: {"answer_per_s": t["answer"] / t["seconds"], "tokens_per_s": t["tokens"] / t["seconds"],
+                   "examples_per_s": t["examples"] / t["seconds"], "shape": t["shape"]}
+            for mode, t in totals.items()}
 
 
 def main():
@@ -108,9 +114,8 @@ def main():
                  "packed_unisolated": lambda: batches("packed", isolate=False),
                  "padded_longest": lambda: batches("padded"),
                  "padded_seq_length": lambda: batches("padded", pad_to=args.seq_length)}
-        results = {}
-        for mode in args.modes.split(","):
-            results[mode] = r = time_mode(backend, modes[mode](), args)
+        results = time_modes(backend, {mode: modes[mode]() for mode in args.modes.split(",")}, args)
+        for mode, r in results.items():
             print(f"{mode:<18} batch {r['shape'][0]} x {r['shape'][1]:<5} {r['answer_per_s']:8,.0f} "
                   f"answer tokens/s  {r['tokens_per_s']:8,.0f} tokens/s  {r['examples_per_s']:6.2f} "
                   f"examples/s")
