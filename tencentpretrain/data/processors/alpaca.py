@@ -5,8 +5,9 @@ length (bos included) stored for --prefix_lm_loss. With --packing, whole example
 packed into samples of at most seq_length + 1 tokens (packing.py) and each shard also
 stores where its examples start (``.doc.npy``), so training isolates them.
 """
-import numpy as np
 from itertools import chain
+
+import numpy as np
 
 from ...prompts import ALPACA_TEMPLATE, build_prompt, load_template
 from ..format import OFFSET_DTYPE, PROMPT_DTYPE
