@@ -35,6 +35,10 @@ def build_parser():
                              "samples of seq_length + 1 tokens. alpaca (alias llm_sft): one "
                              "instruction example per sample, prompt length stored for "
                              "--prefix_lm_loss.")
+    parser.add_argument("--packing", action="store_true",
+                        help="alpaca: pack several whole examples into each sample (first-fit "
+                             "decreasing within blocks of examples; none is split); training "
+                             "then keeps every example to its own attention, positions and loss.")
     parser.add_argument("--seq_length", type=int, default=512,
                         help="Tokens the model reads per sample; samples hold seq_length + 1 "
                              "tokens (inputs and shifted labels). At least 2.")
@@ -64,7 +68,7 @@ def main(argv=None):
                              data_processor=args.data_processor, seq_length=args.seq_length,
                              processes_num=args.processes_num, seed=args.seed,
                              prompt_template=args.prompt_template, shard_tokens=args.shard_tokens,
-                             progress=not args.no_progress)
+                             progress=not args.no_progress, packing=args.packing)
     except (DatasetError, TokenizerError, TemplateError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

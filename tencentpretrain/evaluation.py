@@ -12,12 +12,13 @@ import tempfile
 import torch
 
 from tencentpretrain.data import DatasetError, TokenDataset, collate, preprocess
+from tencentpretrain.data.batching import batch_to
 
 
 def batch_loss(model, batch):
     """(loss_sum, counted_tokens) of one collated batch, called as training calls it."""
     device = next(model.parameters()).device
-    return model(**{name: tensor.to(device) for name, tensor in batch.items()})
+    return model(**batch_to(batch, device))
 
 
 @torch.no_grad()

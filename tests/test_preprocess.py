@@ -11,7 +11,7 @@ import pytest
 import sentencepiece as spm
 
 from tencentpretrain.data import TokenDataset, preprocess
-from tencentpretrain.data import builder
+from tencentpretrain.data import corpus as corpus_module, str2processor
 from tencentpretrain.prompts import ALPACA_TEMPLATE, build_prompt, load_template, TemplateError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -171,7 +171,7 @@ def test_bad_template_file(tmp_path, content, message):
 def test_long_line_is_tokenized_in_pieces(llama_spm, tmp_path, monkeypatch):
     """A line longer than PIECE_BYTES is cut at spaces; with LLaMA's dummy-prefix BPE the ids
     are then those of the whole line."""
-    monkeypatch.setattr(builder, "PIECE_BYTES", 4096)
+    monkeypatch.setattr(corpus_module, "PIECE_BYTES", 4096)
     long_line = " ".join(f"word{i} x{i % 7}" for i in range(20000))
     chinese = "中文没有空格" * 3000
     corpus = tmp_path / "long.txt"
@@ -187,7 +187,7 @@ def test_long_line_is_tokenized_in_pieces(llama_spm, tmp_path, monkeypatch):
 
 
 def test_jsonl_record_over_limit_is_skipped(llama_spm, tmp_path, monkeypatch):
-    monkeypatch.setattr(builder, "MAX_RECORD_BYTES", 1000)
+    monkeypatch.setattr(corpus_module, "MAX_RECORD_BYTES", 1000)
     corpus = tmp_path / "c.jsonl"
     corpus.write_text(json.dumps({"text": "x " * 2000}) + "\n\n" + json.dumps({"text": "kept"}) + "\n")
     summary = run(corpus, llama_spm, tmp_path / "ds", seq_length=16)
@@ -212,7 +212,7 @@ def test_failure_while_assembling_leaves_nothing(shared_data, llama_spm, tmp_pat
     def interrupted(*args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(builder, "assemble_lm", interrupted)
+    monkeypatch.setattr(str2processor["lm"], "assemble", interrupted)
     with pytest.raises(KeyboardInterrupt):
         run(os.path.join(shared_data, "c4_demo.jsonl"), llama_spm, tmp_path / "ds", processes_num=2)
     assert os.listdir(tmp_path) == []

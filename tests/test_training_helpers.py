@@ -16,16 +16,17 @@ ZERO3 = os.path.join(ROOT, "models", "deepspeed_zero3_config.json")
 ZERO2 = os.path.join(ROOT, "models", "deepspeed_config.json")
 
 
-def _preprocess(corpus, spm, out, processor, seq_length):
+def _preprocess(corpus, spm, out, processor, seq_length, *extra):
     subprocess.run([sys.executable, os.path.join(ROOT, "preprocess.py"), "--corpus_path", corpus,
                     "--spm_model_path", spm, "--dataset_path", out, "--data_processor", processor,
-                    "--seq_length", str(seq_length)], check=True, capture_output=True, cwd=ROOT)
+                    "--seq_length", str(seq_length), *extra], check=True, capture_output=True, cwd=ROOT)
     return out
 
 
 @functools.lru_cache(maxsize=None)
 def datasets():
-    """{"lm", "alpaca", "chinese_lm"} dataset folders (LLaMA tokenizer unless named)."""
+    """{"lm", "alpaca", "alpaca_packed", "chinese_lm"} dataset folders (LLaMA tokenizer unless
+    named)."""
     root = tempfile.mkdtemp(prefix="tp_training_")
     chinese_corpus = os.path.join(root, "clue_head.txt")
     with open(os.path.join(SHARED_DATA, "CLUECorpusSmall_sampled.txt"), encoding="utf-8") as f:
@@ -37,6 +38,8 @@ def datasets():
                           os.path.join(root, "lm"), "lm", 64),
         "alpaca": _preprocess(os.path.join(SHARED_DATA, "alpaca_zh_demo.json"), LLAMA_SPM,
                               os.path.join(root, "alpaca"), "alpaca", 128),
+        "alpaca_packed": _preprocess(os.path.join(SHARED_DATA, "alpaca_zh_demo.json"), LLAMA_SPM,
+                                     os.path.join(root, "alpaca_packed"), "alpaca", 512, "--packing"),
         "chinese_lm": _preprocess(chinese_corpus, CHINESE_SPM, os.path.join(root, "chinese_lm"),
                                   "lm", 64),
     }
@@ -48,7 +51,7 @@ def pretrain_argv(output, dataset="lm", steps=6, save=3, batch=4, extra=()):
             "--config_path", TINY, "--output_model_path", output, "--total_steps", str(steps),
             "--save_checkpoint_steps", str(save), "--report_steps", "1", "--batch_size",
             str(batch), "--learning_rate", "1e-3", "--warmup", "0",
-            "--data_processor", "alpaca" if dataset == "alpaca" else "lm"]
+            "--data_processor", "alpaca" if dataset.startswith("alpaca") else "lm"]
     return argv + list(extra)
 
 

@@ -6,7 +6,8 @@ TokenDataset, Sample, collate, sample_order, BatchIterator, DatasetError.
 from .batching import BatchIterator, collate, sample_order
 from .dataset import Sample, TokenDataset
 from .format import FORMAT_VERSION, CorpusError, DatasetError
-from .builder import PROCESSORS, format_summary, preprocess
+from .builder import format_summary, preprocess
+from .processors import PROCESSORS, str2processor
 
 __all__ = ["BatchIterator", "CorpusError", "DatasetError", "FORMAT_VERSION", "PROCESSORS",
-           "Sample", "TokenDataset", "collate", "format_summary", "preprocess", "sample_order"]
+           "Sample", "TokenDataset", "collate", "format_summary", "preprocess", "sample_order", "str2processor"]

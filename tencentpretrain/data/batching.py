@@ -35,8 +35,15 @@ def collate(samples, pad_id, prefix_lm_loss=False, pad_to=None):
     prompt_length - 1: the answer and its eos count, no prompt token does); seg is the segment
     of the input token, 0 at padding. A single-token sample has nothing to predict: its row is
     all padding with an all-False mask. S is at least 1.
+
+    Packed samples (``example_prompts`` set) hold several examples: each gets the mask an
+    example alone would get (no label crosses into the next example), and the batch adds
+    ``position_ids`` restarting per example and ``isolate_segments=True``, so the model keeps
+    every example to its own attention window.
     """
     import torch  # here, so that preprocessing never pays for importing torch
+
+    from tencentpretrain.layers.masks import document_positions
 
     width = max(max(len(s.tokens) for s in samples) - 1, 1) if pad_to is None else pad_to
     shape = (len(samples), width)
@@ -51,10 +58,30 @@ def collate(samples, pad_id, prefix_lm_loss=False, pad_to=None):
         input_ids[row, :n] = sample.tokens[:-1]
         labels[row, :n] = sample.tokens[1:]
         seg[row, :n] = sample.segments[:-1]
-        first = max(sample.prompt_length - 1, 0) if prefix_lm_loss else 0
-        loss_mask[row, first:n] = True
-    return {name: torch.from_numpy(array) for name, array in
-            (("input_ids", input_ids), ("labels", labels), ("loss_mask", loss_mask), ("seg", seg))}
+        for start, end, prompt_length in _examples(sample):
+            first = start + (max(prompt_length - 1, 0) if prefix_lm_loss else 0)
+            loss_mask[row, first:end - 1] = True
+    batch = {name: torch.from_numpy(array) for name, array in
+             (("input_ids", input_ids), ("labels", labels), ("loss_mask", loss_mask), ("seg", seg))}
+    if any(sample.example_prompts is not None for sample in samples):
+        batch["position_ids"] = document_positions(batch["seg"])
+        batch["isolate_segments"] = True
+    return batch
+
+
+def batch_to(batch, device):
+    """The batch with its tensors on `device` (flags such as isolate_segments stay as they are)."""
+    return {name: value.to(device) if hasattr(value, "to") else value for name, value in batch.items()}
+
+
+def _examples(sample):
+    """(start, end, prompt_length) of each example (token range) whose labels count: the whole
+    sample unless it is packed."""
+    if sample.example_prompts is None:
+        return [(0, len(sample.tokens), sample.prompt_length)]
+    starts = np.flatnonzero(np.diff(sample.segments, prepend=0))
+    ends = np.append(starts[1:], len(sample.tokens))
+    return zip(starts.tolist(), ends.tolist(), sample.example_prompts.tolist())
 
 
 class BatchIterator:

@@ -6,12 +6,12 @@ read through np.memmap: memory does not grow with the dataset's size.
 """
 import json
 import os
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import numpy as np
 
-from .format import (BIN, DOC, FORMAT_NAME, FORMAT_VERSION, IDX, META_FILE, OFFSET_DTYPE,
-                     PROMPT, PROMPT_DTYPE, DatasetError, numpy_dtype)
+from .format import (BIN, DOC, FORMAT_NAME, IDX, META_FILE, OFFSET_DTYPE, PACKED_FORMAT_VERSION,
+                     PROMPT, PROMPT_DTYPE, READABLE_VERSIONS, DatasetError, numpy_dtype)
 
 REQUIRED_META = ("format_version", "data_processor", "seq_length", "vocab_size", "dtype",
                  "bos_id", "eos_id", "pad_id", "tokenizer_sha256", "num_samples", "num_tokens",
@@ -20,8 +20,9 @@ REQUIRED_META = ("format_version", "data_processor", "seq_length", "vocab_size",
 
 class Sample(NamedTuple):
     tokens: np.ndarray  # int64, 1 <= length <= seq_length + 1
-    prompt_length: int  # tokens of the prompt, bos included (0 for lm)
-    segments: np.ndarray  # int32 per token: 1-based document number within the sample
+    prompt_length: int  # tokens of the prompt, bos included (0 for lm; packed: first example's)
+    segments: np.ndarray  # int32 per token: 1-based document / example number within the sample
+    example_prompts: Optional[np.ndarray] = None  # packed: prompt length of each example (segment)
 
 
 def _load_meta(path):
@@ -37,15 +38,20 @@ def _load_meta(path):
         raise DatasetError(f"{meta_path}: not valid JSON ({e})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
         raise DatasetError(f"{meta_path}: not a {FORMAT_NAME} dataset")
-    if meta.get("format_version") != FORMAT_VERSION:
+    if meta.get("format_version") not in READABLE_VERSIONS:
         raise DatasetError(f"{meta_path}: format_version {meta.get('format_version')!r} is not "
-                           f"supported (this code reads {FORMAT_VERSION})")
+                           f"supported (this code reads {', '.join(map(str, READABLE_VERSIONS))})")
     missing = [key for key in REQUIRED_META if key not in meta]
     if missing:
         raise DatasetError(f"{meta_path}: missing {', '.join(missing)}")
     if meta["data_processor"] not in ("lm", "alpaca") or meta["dtype"] not in ("uint16", "uint32"):
         raise DatasetError(f"{meta_path}: unknown data_processor/dtype "
                            f"{meta['data_processor']!r}/{meta['dtype']!r}")
+    packed = meta.get("packed", False)
+    if packed != (meta["format_version"] == PACKED_FORMAT_VERSION) or (packed and meta["data_processor"] != "alpaca"):
+        raise DatasetError(f"{meta_path}: format_version {meta['format_version']}, data_processor "
+                           f"{meta['data_processor']!r} and packed {packed} do not go together "
+                           f"(packed = alpaca of version {PACKED_FORMAT_VERSION})")
     return meta
 
 
@@ -66,7 +72,7 @@ def _open_npy(path, dtype, length):
 class _Shard:
     """The memory maps of one shard, checked against its entry in meta.json."""
 
-    def __init__(self, directory, entry, dtype, processor):
+    def __init__(self, directory, entry, dtype, processor, packed):
         name = entry["name"]
         base = os.path.join(directory, name)
         num_samples, num_tokens = entry["num_samples"], entry["num_tokens"]
@@ -81,21 +87,28 @@ class _Shard:
         if self.offsets[0] != 0 or self.offsets[-1] != num_tokens:
             raise DatasetError(f"{base + IDX}: offsets do not span {base + BIN}")
         self.prompts = self.doc_starts = None
-        if processor == "alpaca":
-            self.prompts = _open_npy(base + PROMPT, PROMPT_DTYPE, num_samples)
-        else:
+        if processor == "alpaca":  # one prompt length per example (= per sample unless packed)
+            self.prompts = _open_npy(base + PROMPT, PROMPT_DTYPE,
+                                     entry.get("num_doc_starts") if packed else num_samples)
+        if processor == "lm" or packed:
             self.doc_starts = _open_npy(base + DOC, OFFSET_DTYPE, entry.get("num_doc_starts"))
+        self.packed = packed
 
     def sample(self, i):
         start, end = int(self.offsets[i]), int(self.offsets[i + 1])
         tokens = np.array(self.tokens[start:end], dtype=np.int64)
-        if self.prompts is not None:
+        if self.doc_starts is None:
             return Sample(tokens, int(self.prompts[i]), np.ones(end - start, np.int32))
         # each document starting strictly inside the sample opens the next segment
         first, stop = np.searchsorted(self.doc_starts, [start, end - 1], side="right")
         opens = np.zeros(end - start, np.int32)
         opens[self.doc_starts[first:stop] - start] = 1
-        return Sample(tokens, 0, 1 + np.cumsum(opens, dtype=np.int32))
+        segments = 1 + np.cumsum(opens, dtype=np.int32)
+        if not self.packed:
+            return Sample(tokens, 0, segments)
+        # a packed sample starts with an example: its prompts are those of examples first-1..
+        prompts = np.array(self.prompts[first - 1:stop], np.int64)
+        return Sample(tokens, int(prompts[0]), segments, prompts)
 
 
 class TokenDataset:
@@ -110,10 +123,11 @@ class TokenDataset:
         self.bos_id, self.eos_id, self.pad_id = meta["bos_id"], meta["eos_id"], meta["pad_id"]
         self.tokenizer_sha256 = meta["tokenizer_sha256"]
         self.has_prompt_lengths = self.data_processor == "alpaca"
+        self.packed = meta.get("packed", False)  # several isolated examples per sample
         self.num_tokens = meta["num_tokens"]
         dtype = numpy_dtype(meta["dtype"])
         try:
-            self._shards = [_Shard(path, entry, dtype, self.data_processor) for entry in meta["shards"]]
+            self._shards = [_Shard(path, entry, dtype, self.data_processor, self.packed) for entry in meta["shards"]]
         except (KeyError, TypeError) as e:
             raise DatasetError(f"{os.path.join(path, META_FILE)}: malformed shard list ({e})") from None
         counts = [entry["num_samples"] for entry in meta["shards"]]

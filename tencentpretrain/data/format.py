@@ -1,8 +1,8 @@
 """The on-disk dataset format (see docs/data_format.md) and the writer of its shards.
 
 A dataset is a directory: ``meta.json`` plus, per shard, ``NAME.bin`` (tokens back to back),
-``NAME.idx.npy`` (int64 sample offsets) and either ``NAME.prompt.npy`` (alpaca) or
-``NAME.doc.npy`` (lm). Everything is readable with numpy alone; nothing is pickled.
+``NAME.idx.npy`` (int64 sample offsets), ``NAME.prompt.npy`` (alpaca) and ``NAME.doc.npy``
+(lm; packed alpaca). Everything is readable with numpy alone; nothing is pickled.
 """
 import json
 import os
@@ -12,6 +12,8 @@ import numpy as np
 
 FORMAT_NAME = "tencentpretrain-tokens"
 FORMAT_VERSION = 1
+PACKED_FORMAT_VERSION = 2  # packed alpaca: readers of version 1 must refuse it, not ignore .doc.npy
+READABLE_VERSIONS = (FORMAT_VERSION, PACKED_FORMAT_VERSION)
 META_FILE = "meta.json"
 SHARD_TOKENS = 1 << 28  # a new shard starts once this many tokens would be exceeded
 
@@ -64,12 +66,15 @@ class ShardWriter:
     Shard boundaries depend only on the sample sequence, so the same samples always give
     byte-identical shards. The offset and prompt arrays are streamed to raw files and given
     their .npy header when the shard closes, so memory stays flat whatever the shard size.
+    `packed`: samples hold several whole examples; prompt lengths are per example and the
+    example starts go to ``.doc.npy``.
     """
 
-    def __init__(self, directory, dtype, with_prompts, shard_tokens=SHARD_TOKENS):
+    def __init__(self, directory, dtype, with_prompts, shard_tokens=SHARD_TOKENS, packed=False):
         self.directory = directory
         self.dtype = numpy_dtype(dtype)
         self.with_prompts = with_prompts
+        self.packed = packed
         self.shard_tokens = shard_tokens
         self.shards = []  # dicts: name, num_samples, num_tokens, start (global token offset)
         self.total_tokens = 0
@@ -85,6 +90,9 @@ class ShardWriter:
         self._files[IDX].write(np.zeros(1, OFFSET_DTYPE).tobytes())
         if self.with_prompts:
             self._files[PROMPT] = open(self._path(PROMPT + ".raw"), "wb")
+        if self.packed:
+            self._files[DOC] = open(self._path(DOC + ".raw"), "wb")
+            self.shards[-1]["num_doc_starts"] = 0
 
     def _close_shard(self):
         for f in self._files.values():
@@ -93,10 +101,16 @@ class ShardWriter:
         raw_to_npy(self._path(IDX + ".raw"), self._path(IDX), OFFSET_DTYPE)
         if self.with_prompts:
             raw_to_npy(self._path(PROMPT + ".raw"), self._path(PROMPT), PROMPT_DTYPE)
+        if self.packed:
+            raw_to_npy(self._path(DOC + ".raw"), self._path(DOC), OFFSET_DTYPE)
 
-    def add(self, tokens, lengths, prompt_lengths=None):
-        """Append samples: `tokens` holds them back to back, `lengths[i]` is sample i's size."""
+    def add(self, tokens, lengths, prompt_lengths=None, example_lengths=None):
+        """Append samples: `tokens` holds them back to back, `lengths[i]` is sample i's size.
+
+        Packed: `example_lengths` are the sizes of the examples back to back (sample ends are
+        example ends) and `prompt_lengths` is per example."""
         ends = np.cumsum(lengths, dtype=np.int64)
+        example_ends = np.cumsum(example_lengths, dtype=np.int64) if self.packed else None
         i = 0
         while i < len(ends):
             if self._files is None:
@@ -113,7 +127,13 @@ class ShardWriter:
             self._files[BIN].write(np.ascontiguousarray(tokens[base:ends[j - 1]], self.dtype).tobytes())
             offsets = shard["num_tokens"] + (ends[i:j] - base)
             self._files[IDX].write(offsets.astype(OFFSET_DTYPE).tobytes())
-            if self.with_prompts:
+            if self.packed:
+                a, b = np.searchsorted(example_ends, [base, ends[j - 1]], side="right")
+                starts = shard["num_tokens"] + (example_ends[a:b] - example_lengths[a:b] - base)
+                self._files[DOC].write(starts.astype(OFFSET_DTYPE).tobytes())
+                self._files[PROMPT].write(np.asarray(prompt_lengths[a:b], PROMPT_DTYPE).tobytes())
+                shard["num_doc_starts"] += int(b - a)
+            elif self.with_prompts:
                 self._files[PROMPT].write(np.asarray(prompt_lengths[i:j], PROMPT_DTYPE).tobytes())
             shard["num_samples"] += j - i
             shard["num_tokens"] = int(offsets[-1])

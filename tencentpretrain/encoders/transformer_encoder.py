@@ -9,7 +9,7 @@ import torch.nn as nn
 import torch.utils.checkpoint
 
 from tencentpretrain.layers import str2layernorm
-from tencentpretrain.layers.masks import str2mask
+from tencentpretrain.layers.masks import causal_document_mask, document_positions, str2mask
 from tencentpretrain.layers.rotary import rotary_cos_sin
 from tencentpretrain.layers.transformer import TransformerLayer
 
@@ -42,17 +42,23 @@ class TransformerEncoder(nn.Module):
         if checkpoint_fn is not None:
             self.checkpoint_fn = checkpoint_fn
 
-    def forward(self, hidden, seg=None, position_ids=None, key_mask=None, kv_cache=None):
+    def forward(self, hidden, seg=None, position_ids=None, key_mask=None, kv_cache=None,
+                isolate_segments=False):
+        """isolate_segments (packed examples): attention and positions per ``seg``, whatever
+        the config's mask; ``causal_document`` configs isolate whenever ``seg`` is given."""
         batch, seq, _ = hidden.shape
         past = kv_cache.length if kv_cache is not None else 0
-        if position_ids is None:
+        isolated = seg is not None and (isolate_segments or self.make_mask is causal_document_mask)
+        if position_ids is None and isolated:
+            position_ids = document_positions(seg)
+        elif position_ids is None:
             position_ids = torch.arange(past, past + seq, device=hidden.device).expand(batch, seq)
         rotary = None
         if self.config.rotary_position_embedding:
             rotary = rotary_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta,
                                     hidden.device)
-        attn_mask, is_causal = self.make_mask(batch, seq, past, hidden.device, seg=seg,
-                                              key_mask=key_mask)
+        make_mask = causal_document_mask if isolated else self.make_mask
+        attn_mask, is_causal = make_mask(batch, seq, past, hidden.device, seg=seg, key_mask=key_mask)
 
         layers = list(self.transformer)
         if self.checkpoint_layers_num and self.training and torch.is_grad_enabled():

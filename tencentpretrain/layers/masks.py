@@ -5,7 +5,10 @@
   right padding needs no mask because padded positions never reach the loss.
 - ``causal_document``: causal, and a position sees only tokens of its own packed
   document (``seg`` holds the document number of each token, 0 for padding), so
-  packed pre-training samples do not attend across document boundaries.
+  packed pre-training samples do not attend across document boundaries. Position ids
+  then restart at 0 for every document (``document_positions``), so each document
+  sees the mask and the rotary angles it would see alone. Packed instruction samples
+  (``preprocess.py --packing``) always get both, whatever the config's mask.
 
 A mask is a bool tensor [batch, 1, queries, keys], True where attention is allowed.
 ``key_mask`` [batch, keys] marks real (not left-padded) keys during generation.
@@ -42,6 +45,15 @@ def causal_document_mask(batch, seq, past=0, device=None, seg=None, key_mask=Non
         raise ValueError("causal_document masks apply to whole packed samples, not cached steps")
     same_document = seg[:, None, :, None] == seg[:, None, None, :]
     return _finish(_causal(batch, seq, 0, device) & same_document, seq, 0, key_mask), False
+
+
+def document_positions(seg):
+    """Position ids [batch, seq] that restart at 0 wherever ``seg`` changes (a new document
+    or example; a run of padding counts as one)."""
+    index = torch.arange(seg.shape[-1], device=seg.device).expand_as(seg)
+    opens = torch.ones_like(seg, dtype=torch.bool)
+    opens[..., 1:] = seg[..., 1:] != seg[..., :-1]
+    return index - torch.where(opens, index, 0).cummax(-1).values
 
 
 str2mask = {"causal": causal_mask, "causal_document": causal_document_mask}

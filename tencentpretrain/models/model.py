@@ -26,15 +26,16 @@ class Model(nn.Module):
             self.target.lm.output_layer.weight = self.embedding.word.embedding.weight
 
     def forward(self, input_ids, labels=None, loss_mask=None, seg=None, position_ids=None,
-                key_mask=None, kv_cache=None):
+                key_mask=None, kv_cache=None, isolate_segments=False):
         """Logits [batch, seq, vocab], or (loss_sum, counted_tokens) when labels are given.
 
         seg: document number per token (0 = padding) for ``causal_document`` masks.
+        isolate_segments: packed examples; each attends and is positioned as if alone.
         position_ids / key_mask / kv_cache: incremental decoding of left-padded batches.
         """
         hidden = self.embedding(input_ids, position_ids, seg)
         hidden = self.encoder(hidden, seg=seg, position_ids=position_ids, key_mask=key_mask,
-                              kv_cache=kv_cache)
+                              kv_cache=kv_cache, isolate_segments=isolate_segments)
         return self.target.lm(hidden, labels, loss_mask)
 
     @torch.no_grad()

@@ -20,6 +20,7 @@ import warnings
 import torch
 import torch.distributed as dist
 
+from tencentpretrain.data.batching import batch_to
 from tencentpretrain.training.ds_config import precision
 from tencentpretrain.training.errors import TrainingError
 from tencentpretrain.training.scheduler import build_scheduler
@@ -77,7 +78,7 @@ class TorchBackend:
 
     def forward(self, batch):
         with torch.autocast(self.device.type, torch.bfloat16, enabled=self.precision == "bf16"):
-            return self.model(**{k: v.to(self.device) for k, v in batch.items()})
+            return self.model(**batch_to(batch, self.device))
 
     def backward(self, loss):
         loss.backward()
@@ -174,7 +175,7 @@ class DeepSpeedBackend(TorchBackend):
         return self.deepspeed.checkpointing.checkpoint
 
     def forward(self, batch):
-        return self.engine(**{k: v.to(self.device) for k, v in batch.items()})
+        return self.engine(**batch_to(batch, self.device))
 
     def backward(self, loss):
         self.engine.backward(loss)

@@ -139,6 +139,9 @@ def _train(args):
         f"{start_step + 1}..{args.total_steps}")
     if backend.zero3:
         say(partition_summary(model))
+    if dataset.packed:
+        say(f"{args.dataset_path} is packed: every example attends, is positioned and is counted "
+            f"as if alone")
 
     loop(args, backend, model, batches, start_step, dataset.seq_length)
     backend.close()

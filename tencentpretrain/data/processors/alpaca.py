@@ -1,0 +1,94 @@
+"""``alpaca`` (alias ``llm_sft``): instruction examples, one per sample or packed.
+
+Each example is [bos] + prompt + answer + [eos], cut to seq_length + 1, with its prompt
+length (bos included) stored for --prefix_lm_loss. With --packing, whole examples are
+packed into samples of at most seq_length + 1 tokens (packing.py) and each shard also
+stores where its examples start (``.doc.npy``), so training isolates them.
+"""
+from itertools import chain
+
+import numpy as np
+
+from ...prompts import ALPACA_TEMPLATE, build_prompt, load_template
+from ..format import OFFSET_DTYPE, PROMPT_DTYPE
+from ..packing import PACK_BLOCK, pack_order
+from .base import BATCH_CHARS, ConcatReader, Processor, iter_raw, text_field
+
+
+class AlpacaProcessor(Processor):
+    """Samples [bos] + prompt + answer + [eos] cut to seq_length + 1, their lengths and prompt
+    lengths (bos included). An example whose prompt leaves no room for one answer token is
+    skipped; a longer answer is truncated (its eos then falls off too)."""
+    name = "alpaca"
+    noun = "examples"
+    extensions = (".tokens", ".lengths", ".prompts")
+    reads_text = False
+    with_prompts = True
+    can_pack = True
+
+    def __init__(self, task, tokenizer):
+        super().__init__(task, tokenizer)
+        self.prompts, self.answers = [], []
+
+    @classmethod
+    def template(cls, prompt_template):
+        return load_template(prompt_template) if prompt_template else ALPACA_TEMPLATE
+
+    def add_record(self, lineno, record):
+        instruction = text_field(record, "instruction", lineno)
+        input_text = text_field(record, "input", lineno, optional=True)
+        answer = text_field(record, "output", lineno)
+        self.prompts.append(build_prompt(instruction, input_text, self.task.template))
+        self.answers.append(answer)
+        self.chars += len(self.prompts[-1]) + len(answer)
+        if self.chars >= BATCH_CHARS:
+            self.flush()
+
+    def flush(self):
+        if not self.prompts:
+            return
+        ids = self.tokenizer.encode_batch(self.prompts + self.answers)
+        bos, eos, limit = self.tokenizer.bos_id, self.tokenizer.eos_id, self.task.seq_length + 1
+        samples, prompt_lengths = [], []
+        for prompt, answer in zip(ids[:len(self.prompts)], ids[len(self.prompts):]):
+            if 1 + len(prompt) >= limit:
+                self.skipped["prompt too long for seq_length"] += 1
+                continue
+            sample = [bos] + prompt + answer + [eos]
+            if len(sample) > limit:
+                self.truncated += 1
+                del sample[limit:]
+            samples.append(sample)
+            prompt_lengths.append(1 + len(prompt))
+        lengths = np.fromiter(map(len, samples), OFFSET_DTYPE, len(samples))
+        self.write(".tokens", np.fromiter(chain.from_iterable(samples), self.dtype, lengths.sum()))
+        self.write(".lengths", lengths)
+        self.write(".prompts", np.array(prompt_lengths, PROMPT_DTYPE))
+        self.documents += len(samples)
+        self.tokens += int(lengths.sum())
+        self.prompts, self.answers, self.chars = [], [], 0
+
+    @classmethod
+    def assemble(cls, prefixes, writer, task, staging):
+        """Copy the examples of all parts, in order, into shards: one per sample, or packed
+        block by block (blocks of PACK_BLOCK examples in corpus order, whatever the parts)."""
+        tokens = ConcatReader([p + ".tokens" for p in prefixes], writer.dtype)
+        if not task.packing:
+            for prefix in prefixes:
+                prompts = iter_raw(prefix + ".prompts", PROMPT_DTYPE)
+                for lengths in iter_raw(prefix + ".lengths", OFFSET_DTYPE):
+                    writer.add(tokens.read(int(lengths.sum())), lengths, next(prompts))
+            return writer.close()
+        all_lengths = ConcatReader([p + ".lengths" for p in prefixes], OFFSET_DTYPE)
+        all_prompts = ConcatReader([p + ".prompts" for p in prefixes], PROMPT_DTYPE)
+        while (lengths := all_lengths.read(PACK_BLOCK)).size:
+            prompts, block = all_prompts.read(lengths.size), tokens.read(int(lengths.sum()))
+            order, per_sample = pack_order(lengths, task.seq_length + 1)
+            starts = np.cumsum(lengths) - lengths
+            packed_lengths = lengths[order]
+            packed_starts = np.cumsum(packed_lengths) - packed_lengths
+            gather = np.repeat(starts[order] - packed_starts, packed_lengths) + np.arange(block.size)
+            sample_ends = np.cumsum(per_sample)
+            sample_lengths = np.add.reduceat(packed_lengths, sample_ends - per_sample)
+            writer.add(block[gather], sample_lengths, prompts[order], packed_lengths)
+        return writer.close()

@@ -1,0 +1,118 @@
+"""What every data processor shares: the worker-side part files and the readers of them.
+
+A processor is a class with two halves:
+
+* worker side (an instance per byte range of the corpus): ``add_text`` / ``add_record`` take
+  the corpus as builder.py streams it, ``flush`` tokenizes a batch with one SentencePiece
+  call and appends it to the part files named by ``extensions``; ``finish`` returns counts.
+* main side (class methods): ``check`` refuses options and corpora it cannot take,
+  ``assemble`` turns the part files of all workers, in corpus order, into shards.
+
+Registering one in processors/__init__.py is all builder.py and preprocess.py need.
+"""
+from collections import Counter
+
+import numpy as np
+
+from ..corpus import TEXT, LineError
+from ..format import CorpusError, numpy_dtype
+
+COPY_ITEMS = 1 << 22  # tokens / offsets per step when the main process assembles shards
+BATCH_CHARS = 1 << 20  # text per SentencePiece call: bounds the Python id lists (tens of MB)
+JSON_TYPES = {dict: "an object", list: "an array", int: "a number", float: "a number",
+              bool: "a boolean", type(None): "null"}
+
+
+def text_field(record, key, lineno, optional=False):
+    value = record.get(key)
+    if optional and value is None:
+        return ""
+    if key not in record:
+        raise LineError(lineno, f'missing "{key}"')
+    if not isinstance(value, str):
+        raise LineError(lineno, f'"{key}" is {JSON_TYPES.get(type(value), "not text")}, not a string')
+    return value
+
+
+class Processor:
+    """Base of the registered processors (see the module docstring)."""
+    name = None
+    noun = "documents"  # what one unit of the corpus is called in the summary
+    extensions = ()  # part files a worker writes: prefix + extension
+    reads_text = True  # accepts a .txt corpus
+    with_prompts = False  # stores prompt lengths (for --prefix_lm_loss)
+    can_pack = False  # accepts --packing
+
+    def __init__(self, task, tokenizer):
+        self.task, self.tokenizer = task, tokenizer
+        self.dtype = numpy_dtype(task.dtype)
+        self.files = {ext: open(task.prefix + ext, "wb") for ext in self.extensions}
+        self.documents, self.tokens, self.truncated, self.chars = 0, 0, 0, 0
+        self.skipped = Counter()
+
+    @classmethod
+    def check_corpus(cls, corpus_path, kind):
+        if kind == TEXT and not cls.reads_text:
+            raise CorpusError(f"{corpus_path}: --data_processor {cls.name} reads a JSON array "
+                              f"(.json) or JSON lines (.jsonl) file")
+
+    @classmethod
+    def template(cls, prompt_template):
+        """The prompt template workers use (None for processors without prompts)."""
+        return None
+
+    @classmethod
+    def assemble(cls, prefixes, writer, task, staging):
+        """Part files (in corpus order) -> shards; returns the writer's shard list."""
+        raise NotImplementedError
+
+    def add_text(self, text, last):
+        """A stripped piece of a .txt line; `last`: the line ends with it."""
+        raise NotImplementedError
+
+    def add_record(self, lineno, record):
+        """One JSON object of a .json / .jsonl corpus."""
+        raise NotImplementedError
+
+    def write(self, ext, array):
+        self.files[ext].write(array.tobytes())
+
+    def finish(self):
+        self.flush()
+        for f in self.files.values():
+            f.close()
+        return {"documents": self.documents, "tokens": self.tokens,
+                "truncated": self.truncated, "skipped": dict(self.skipped)}
+
+    def flush(self):
+        raise NotImplementedError
+
+
+class ConcatReader:
+    """Reads given numbers of items from the concatenation of raw array files."""
+
+    def __init__(self, paths, dtype):
+        self.paths, self.dtype, self.file = iter(paths), dtype, None
+
+    def read(self, count):
+        chunks = []
+        while count > 0:
+            if self.file is None:
+                path = next(self.paths, None)
+                if path is None:
+                    break
+                self.file = open(path, "rb")
+            chunk = np.fromfile(self.file, self.dtype, count)
+            if chunk.size < count:
+                self.file.close()
+                self.file = None
+            chunks.append(chunk)
+            count -= chunk.size
+        return np.concatenate(chunks) if chunks else np.empty(0, self.dtype)
+
+
+def iter_raw(path, dtype, count=COPY_ITEMS):
+    """A raw array file in chunks of at most `count` items."""
+    with open(path, "rb") as f:
+        while (chunk := np.fromfile(f, dtype, count)).size:
+            yield chunk

@@ -1,0 +1,207 @@
+"""Packed instruction tuning (preprocess.py --packing): the packing itself, the masks and
+positions that isolate examples, and equality with training / evaluating them unpacked."""
+import filecmp
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import tencentpretrain
+from tencentpretrain.data import DatasetError, Sample, TokenDataset, collate, preprocess
+from tencentpretrain.data.packing import first_fit_decreasing
+from tencentpretrain.layers.masks import causal_document_mask, document_positions
+from tests.conftest import ROOT
+from tests.test_generate import tiny_checkpoint
+
+TINY_GQA = os.path.join(ROOT, "models", "llama", "tiny_gqa_config.json")
+SEQ_LENGTH = 512
+EXAMPLES = 150
+
+
+@pytest.fixture(scope="module")
+def datasets(tmp_path_factory, shared_data, llama_spm):
+    """The first EXAMPLES of alpaca_zh_demo as JSON lines (so workers split it), packed with
+    1 and 2 processes (small shards, so several), and unpacked."""
+    tmp = tmp_path_factory.mktemp("packing")
+    with open(os.path.join(shared_data, "alpaca_zh_demo.json"), encoding="utf-8") as f:
+        records = json.load(f)[:EXAMPLES]
+    corpus = tmp / "alpaca.jsonl"
+    corpus.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    out = {"summaries": {}}
+    for name, options in (("packed1", {"packing": True, "processes_num": 1}),
+                          ("packed2", {"packing": True, "processes_num": 2}),
+                          ("unpacked", {})):
+        out[name] = str(tmp / name)
+        out["summaries"][name] = preprocess(str(corpus), llama_spm, out[name], data_processor="alpaca",
+                                            seq_length=SEQ_LENGTH, shard_tokens=10000,
+                                            progress=False, **options)
+    return out
+
+
+def examples_of(sample):
+    """The examples of a packed sample as unpacked Samples."""
+    return [Sample(sample.tokens[sample.segments == k], int(prompt),
+                   np.ones(int((sample.segments == k).sum()), np.int32))
+            for k, prompt in enumerate(sample.example_prompts, start=1)]
+
+
+def test_first_fit_decreasing():
+    assert [b.tolist() for b in first_fit_decreasing([5, 4, 3, 3, 2, 1], 8)] == [[0, 2], [1, 3, 5], [4]]
+    assert first_fit_decreasing([], 8) == []
+    with pytest.raises(ValueError, match="exceeds the capacity 8"):
+        first_fit_decreasing([9], 8)
+
+
+def test_packing_is_the_same_whatever_processes_num(datasets):
+    assert datasets["summaries"]["packed2"]["processes"] == 2
+    files = sorted(os.listdir(datasets["packed1"]))
+    assert files == sorted(os.listdir(datasets["packed2"])) and "shard_00001.doc.npy" in files
+    meta = [json.load(open(os.path.join(datasets[n], "meta.json"))) for n in ("packed1", "packed2")]
+    assert meta[0] == meta[1] and meta[0]["format_version"] == 2 and meta[0]["packed"] is True
+    match, mismatch, errors = filecmp.cmpfiles(datasets["packed1"], datasets["packed2"],
+                                               [f for f in files if f != "meta.json"], shallow=False)
+    assert not mismatch and not errors
+
+
+def test_every_example_exactly_once(datasets):
+    packed, unpacked = TokenDataset(datasets["packed1"]), TokenDataset(datasets["unpacked"])
+    assert packed.packed and not unpacked.packed and unpacked.meta["format_version"] == 1
+    found = []
+    for i in range(len(packed)):
+        sample = packed[i]
+        assert len(sample.tokens) <= SEQ_LENGTH + 1
+        assert sample.segments[0] == 1 and len(sample.example_prompts) == sample.segments.max()
+        found += [(tuple(e.tokens), e.prompt_length) for e in examples_of(sample)]
+    expected = [(tuple(s.tokens), s.prompt_length) for s in (unpacked[i] for i in range(len(unpacked)))]
+    assert len(found) == len(expected) == EXAMPLES and sorted(found) == sorted(expected)
+    summary = datasets["summaries"]["packed1"]
+    assert len(packed) < 0.6 * len(unpacked) and summary["fill"] > 0.9
+    assert summary["fill"] == pytest.approx(packed.num_tokens / (len(packed) * (SEQ_LENGTH + 1)))
+
+
+def test_version_1_reader_rules(datasets, tmp_path):
+    """A packed dataset claiming version 1 (which readers of old would train unisolated) is refused."""
+    import shutil
+    copy = tmp_path / "ds"
+    shutil.copytree(datasets["packed1"], copy)
+    meta = json.load(open(copy / "meta.json"))
+    meta["format_version"] = 1
+    json.dump(meta, open(copy / "meta.json", "w"))
+    with pytest.raises(DatasetError, match="packed True do not go together"):
+        TokenDataset(str(copy))
+
+
+def test_cli_packing(shared_data, llama_spm, tmp_path):
+    def cli(*args):
+        return subprocess.run([sys.executable, os.path.join(ROOT, "preprocess.py"), "--spm_model_path",
+                               llama_spm, "--no_progress", *args], capture_output=True, text=True, cwd=ROOT)
+    result = cli("--corpus_path", os.path.join(shared_data, "alpaca_zh_demo.json"), "--dataset_path",
+                 str(tmp_path / "p"), "--data_processor", "llm_sft", "--packing", "--seq_length", "1024")
+    assert result.returncode == 0, result.stderr
+    assert "samples    311\n" in result.stdout and "fill       99.2%" in result.stdout
+    result = cli("--corpus_path", os.path.join(shared_data, "c4_demo.jsonl"), "--dataset_path",
+                 str(tmp_path / "l"), "--packing")
+    assert result.returncode == 2
+    assert result.stderr == "error: --packing applies to --data_processor alpaca only\n"
+
+
+def test_document_mask_and_positions():
+    seg = torch.tensor([[1, 1, 1, 2, 2, 3, 0, 0]])
+    mask, is_causal = causal_document_mask(1, 8, seg=seg)
+    mask = mask[0, 0]
+    assert not is_causal
+    query, key = torch.meshgrid(torch.arange(8), torch.arange(8), indexing="ij")
+    assert torch.equal(mask, (key <= query) & (seg[0][:, None] == seg[0][None, :]))
+    assert mask[3].nonzero().flatten().tolist() == [3]  # an example's first token sees itself only
+    assert mask[5].nonzero().flatten().tolist() == [5]
+    assert mask.any(dim=1).all()  # padding rows too: never an all-False row
+    assert document_positions(seg).tolist() == [[0, 1, 2, 0, 1, 0, 0, 1]]
+
+
+@pytest.fixture(scope="module")
+def gqa_model():
+    torch.manual_seed(0)
+    model = tencentpretrain.build_model(TINY_GQA, 32000).float()
+    assert model.config.kv_heads_num < model.config.heads_num
+    return model
+
+
+def loss_and_grads(model, batches):
+    model.zero_grad()
+    total, count = 0.0, 0
+    for batch in batches:
+        loss_sum, counted = model(**batch)
+        loss_sum.backward()
+        total, count = total + loss_sum.detach().double(), count + int(counted)
+    return total, count, {name: p.grad.clone() for name, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("prefix_lm_loss", [True, False])
+def test_packed_batch_equals_examples_one_by_one(datasets, gqa_model, prefix_lm_loss):
+    """Summed loss and gradients of a padded packed batch == its examples run alone (fp32, GQA)."""
+    ds = TokenDataset(datasets["packed1"])
+    every = [ds[i] for i in range(len(ds))]
+    samples = [max(every, key=lambda s: s.segments.max()), min(every, key=lambda s: len(s.tokens))]
+    assert samples[0].segments.max() >= 3 and len(samples[1].tokens) < len(samples[0].tokens)
+    batch = collate(samples, ds.pad_id, prefix_lm_loss)
+    assert batch["isolate_segments"] and torch.equal(batch["position_ids"], document_positions(batch["seg"]))
+    packed = loss_and_grads(gqa_model, [batch])
+    alone = loss_and_grads(gqa_model, [collate([e], ds.pad_id, prefix_lm_loss)
+                                       for s in samples for e in examples_of(s)])
+    expected_count = sum(len(e.tokens) - (e.prompt_length if prefix_lm_loss else 1)
+                         for s in samples for e in examples_of(s))
+    assert packed[1] == alone[1] == expected_count
+    assert float(packed[0]) == pytest.approx(float(alone[0]), rel=1e-5)
+    for name, grad in packed[2].items():
+        scale = alone[2][name].abs().max()
+        assert (grad - alone[2][name]).abs().max() <= 1e-5 * scale, name
+
+
+def test_padding_rows_never_nan(datasets, gqa_model):
+    ds = TokenDataset(datasets["packed1"])
+    batch = collate([ds[0], Sample(np.array([5]), 0, np.ones(1, np.int32), np.array([1]))],
+                    ds.pad_id, True, pad_to=SEQ_LENGTH)
+    with torch.no_grad():
+        logits = gqa_model(**{k: v for k, v in batch.items() if k not in ("labels", "loss_mask")})
+    assert torch.isfinite(logits).all()
+
+
+def test_lm_causal_document_restarts_positions(tmp_path, gqa_model):
+    """With "mask": "causal_document", a packed lm document gives the logits it gives alone."""
+    config = json.load(open(TINY_GQA))
+    config["mask"] = "causal_document"
+    path = tmp_path / "doc.json"
+    path.write_text(json.dumps(config))
+    model = tencentpretrain.build_model(str(path), 32000).float()
+    model.load_state_dict(gqa_model.state_dict())
+    first, second = torch.tensor([[1, 306, 763, 2]]), torch.tensor([[1, 450, 4996, 17354, 2]])
+    packed = torch.cat([first, second], dim=1)
+    seg = torch.tensor([[1] * 4 + [2] * 5])
+    with torch.no_grad():
+        together = model(packed, seg=seg)
+        torch.testing.assert_close(together[:, 4:], model(second), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(together[:, :4], model(first), rtol=1e-5, atol=1e-5)
+        # the config's plain causal mask with seg does not isolate unless the batch is packed
+        assert not torch.allclose(gqa_model(packed, seg=seg)[:, 4:], model(second), atol=1e-3)
+
+
+def test_evaluate_ppl_packed_equals_unpacked(shared_data, llama_spm, tmp_path, capsys):
+    """inference/evaluate_ppl.py --prefix_lm_loss: same token count and loss packed or not."""
+    from inference.evaluate_ppl import main
+    with open(os.path.join(shared_data, "alpaca_zh_demo.json"), encoding="utf-8") as f:
+        (tmp_path / "a.json").write_text(json.dumps(json.load(f)[:24], ensure_ascii=False), encoding="utf-8")
+    config = tiny_checkpoint(tmp_path / "tiny.bin", config_path=TINY_GQA)
+    printed = []
+    for packing in (True, False):
+        preprocess(str(tmp_path / "a.json"), llama_spm, str(tmp_path / "ds"), data_processor="alpaca",
+                   seq_length=SEQ_LENGTH, packing=packing, progress=False)
+        main(["--load_model_path", str(tmp_path / "tiny.bin"), "--config_path", config,
+              "--spm_model_path", llama_spm, "--dataset_path", str(tmp_path / "ds"), "--prefix_lm_loss",
+              "--device", "cpu", "--dtype", "float32"])
+        printed.append(capsys.readouterr().out.split())  # tokens: N  loss: L  perplexity: P
+    assert printed[0][1] == printed[1][1] and int(printed[0][1]) > 1000
+    assert float(printed[0][3]) == pytest.approx(float(printed[1][3]), rel=1e-5)
