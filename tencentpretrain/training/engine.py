@@ -205,6 +205,10 @@ class DeepSpeedBackend(TorchBackend):
         self.engine.save_checkpoint(directory, tag, save_latest=False)
 
     def load_checkpoint(self, directory, tag):
+        # DeepSpeed's universal-checkpoint loader (ZeRO-3, 0.19) copies the first parameter
+        # group's hyperparameters onto every group, which would decay the norm gains: the
+        # weight decay of each group is ours (optimizer_parameters), put back after loading
+        decays = [group.get("weight_decay") for group in self.optimizer.param_groups]
         try:
             path, _ = self.engine.load_checkpoint(directory, tag, load_optimizer_states=True,
                                                   load_lr_scheduler_states=True)
@@ -212,6 +216,12 @@ class DeepSpeedBackend(TorchBackend):
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise TrainingError(f"--resume_from_checkpoint {directory}: {tag} is not a loadable "
                                 f"checkpoint ({first})") from None
+        for group, decay in zip(self.optimizer.param_groups, decays):
+            group["weight_decay"] = decay
+        inner = getattr(self.optimizer, "optimizer", self.optimizer)
+        for state in inner.state.values():  # the same loader hands every group one shared
+            if torch.is_tensor(state.get("step")):  # Adam step tensor, which each group would
+                state["step"] = state["step"].clone()  # then advance: one counter each
         if path is None:
             raise TrainingError(f"--resume_from_checkpoint {directory}: DeepSpeed found no "
                                 f"checkpoint for tag {tag}")
