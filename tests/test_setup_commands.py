@@ -13,8 +13,9 @@ def read(name):
 
 def make_dry_run(target):
     """The commands ``make TARGET`` would run, without running them."""
-    result = subprocess.run(["make", "-n", target], cwd=ROOT, capture_output=True, text=True,
-                            check=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    result = subprocess.run(["make", "-n", "--no-print-directory", target], cwd=ROOT, env=env,
+                            capture_output=True, text=True, check=True)
     return result.stdout.splitlines()
 
 
