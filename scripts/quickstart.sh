@@ -7,8 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=${1:-quickstart}
-STEPS=${QUICKSTART_STEPS:-200}
-SFT_STEPS=${QUICKSTART_SFT_STEPS:-150}
+STEPS=${QUICKSTART_STEPS:-120}
+SFT_STEPS=${QUICKSTART_SFT_STEPS:-90}
 mkdir -p "$WORK"
 
 echo "== 1/5 SentencePiece model on demo/corpus.txt"
@@ -35,7 +35,7 @@ COMMON=(--deepspeed --deepspeed_config models/deepspeed_zero3_config.json --enab
 echo "== 3/5 pre-train, 2 ranks, ZeRO-3 ($STEPS steps)"
 deepspeed --num_gpus 2 pretrain.py "${COMMON[@]}" --dataset_path "$WORK/lm_dataset" \
   --data_processor lm --output_model_path "$WORK/tiny_lm" --learning_rate 3e-3 --warmup 0.05 \
-  --scheduler cosine --total_steps "$STEPS" --save_checkpoint_steps 100 \
+  --scheduler cosine --total_steps "$STEPS" --save_checkpoint_steps 60 \
   --tensorboard_dir "$WORK/runs/pretrain"
 
 echo "== 4/5 instruction-tune the pre-trained weights (--prefix_lm_loss: answers only)"
@@ -45,8 +45,8 @@ deepspeed --num_gpus 2 pretrain.py "${COMMON[@]}" --dataset_path "$WORK/alpaca_d
   --save_checkpoint_steps "$SFT_STEPS" --tensorboard_dir "$WORK/runs/sft"
 
 echo "== 5/5 chat with the instruction-tuned model (alpaca prompt template, greedy)"
-printf '%s\n' 'What is five plus three?' '“马”用英语怎么说？' 'What is two plus four?' \
-  '把这个数字翻译成中文。' > "$WORK/questions.txt"
+printf '%s\n' 'What is five plus three?' '“马”用英语怎么说？' 'What is three plus four?' \
+  '“熊”用英语怎么说？' > "$WORK/questions.txt"
 python3 inference/generate_lm.py --load_model_path "$WORK/tiny_sft" --spm_model_path "$SPM" \
   --config_path models/llama/tiny_config.json --prompt_template alpaca --greedy \
   --test_path "$WORK/questions.txt" --prediction_path "$WORK/answers.txt" --max_new_tokens 32

@@ -149,3 +149,15 @@ def test_targets_other_than_lm_alone_are_refused(tmp_path, targets):
     path.write_text(json.dumps(config))
     with pytest.raises(ConfigError, match=r'"target" in .*targets\.json is .*exactly one target'):
         tencentpretrain.build_model(str(path), 100, device="meta")
+
+
+@pytest.mark.parametrize("name", ["w.safetensors", "w.bin"])
+def test_saved_weights_follow_the_umask(tmp_path, name):
+    import torch
+    from tencentpretrain.utils.weights import save_state_dict_file
+    old = os.umask(0o022)
+    try:
+        save_state_dict_file({"a": torch.zeros(2)}, str(tmp_path / name))
+    finally:
+        os.umask(old)
+    assert os.stat(tmp_path / name).st_mode & 0o777 == 0o644
