@@ -205,8 +205,8 @@ def partition_summary(model):
     stored = sum(p.ds_tensor.numel() for p in model.parameters())
     full = sum(full_numel(p) for p in model.parameters())
     visible = sum(p.numel() for p in model.parameters())  # 0 outside GatheredParameters
-    return (f"ZeRO-3: rank 0 stores {stored:,} of {full:,} parameter elements "
-            f"({visible} materialised)")
+    return (f"ZeRO-3: rank 0 stores {stored:,} of {full:,} parameter elements; whole "
+            f"parameters exist only while a layer runs ({visible:,} elements held whole now)")
 
 
 def resume(args, backend, batches):
