@@ -28,7 +28,7 @@ SHAPE = {"emb_size": 256, "hidden_size": 256, "feedforward_size": 688, "heads_nu
          "remove_transformer_bias": True, "remove_embedding_layernorm": True,
          "rotary_position_embedding": True, "encoder": "transformer", "feed_forward": "gated",
          "mask": "causal", "layernorm_positioning": "pre", "layernorm": "rms", "target": ["lm"]}
-OURS_REPORT = re.compile(r"step\s+\d+ \|.*\| ([\d,]+) tokens/s")
+OURS_REPORT = re.compile(r"step\s+\d+(?:/\d+)? \|.*\| ([\d,]+) tokens/s")
 BASELINE_REPORT = re.compile(r"steps\|\s*([\d.]+) tokens/s")
 
 
