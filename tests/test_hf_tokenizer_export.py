@@ -54,3 +54,31 @@ def test_special_ids_come_from_the_tokenizer(tmp_path, chinese_spm):
     assert generation == {"bos_token_id": 2, "eos_token_id": 3, "pad_token_id": 0}
     assert sorted(os.listdir(tmp_path)) == ["generation_config.json", "special_tokens_map.json",
                                             "tokenizer.model", "tokenizer_config.json"]
+
+
+def test_transformers_generate_from_the_export_equals_our_greedy(tmp_path, llama_spm):
+    """Serving the export (AutoTokenizer + AutoModelForCausalLM.generate, the export's own
+    generation_config) gives the tokens our --greedy generation gives from the same weights."""
+    import torch
+    from scripts.convert_tencentpretrain_to_llama_huggingface import main
+    from tencentpretrain.generation import SamplingOptions, generate
+    torch.manual_seed(3)
+    model = tencentpretrain.build_model(TINY, 32000)
+    model.init_weights(std=0.5)  # large weights: a varied greedy continuation, not one token
+    weights = tmp_path / "tiny.bin"
+    save_state_dict_file(model.state_dict(), str(weights))
+    out = str(tmp_path / "hf")
+    main(["--input_model_path", str(weights), "--config_path", TINY, "--output_model_path", out,
+          "--spm_model_path", llama_spm])
+    hf_tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+    hf_model = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    ours = tencentpretrain.load_model(TINY, str(weights))
+    eos = spm.SentencePieceProcessor(model_file=llama_spm).eos_id()
+    for text in ["北京是", "The capital of France is", "混合 text 123"]:
+        ids = hf_tokenizer(text, return_tensors="pt")
+        served = hf_model.generate(**ids, max_new_tokens=12, do_sample=False)[0].tolist()
+        new = served[ids["input_ids"].shape[1]:]
+        mine = generate(ours, [ids["input_ids"][0].tolist()], 12, eos_id=eos,
+                        options=SamplingOptions(top_k=1))[0]
+        assert len(set(new)) > 1 and new[:len(mine)] == mine, text
+        assert new[len(mine):] in ([], [eos])  # transformers keeps the EOS it stopped on
