@@ -94,16 +94,17 @@ def prune_saves(output_model_path, keep, newest_step):
     ``newest_step``, which ``latest`` already names; delete older ones. Called only after a
     save completed, so a kill at any point leaves at least ``keep`` complete saves."""
     directory = checkpoints_dir(output_model_path)
+    outputs = os.path.dirname(os.path.abspath(output_model_path))
     steps = sorted(step for step in map(step_of, os.listdir(directory))
                    if step is not None and step <= newest_step)
     for step in steps[:-keep]:
         for name in (tag_of(step), universal_tag(tag_of(step))):
             shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
-        weights = weights_path(output_model_path, step)  # and NAME.safetensors/.json adapters
-        for name in os.listdir(os.path.dirname(os.path.abspath(weights))):
-            if name == os.path.basename(weights) or name.startswith(os.path.basename(weights) + "."):
+        weights = os.path.basename(weights_path(output_model_path, step))
+        for name in os.listdir(outputs):  # OUT-STEP, and OUT-STEP.safetensors/.json adapters
+            if name == weights or name.startswith(weights + "."):
                 with contextlib.suppress(FileNotFoundError):
-                    os.remove(os.path.join(os.path.dirname(os.path.abspath(weights)), name))
+                    os.remove(os.path.join(outputs, name))
 
 
 def _gathered(param, zero3, modifier_rank):

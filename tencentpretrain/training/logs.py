@@ -20,9 +20,7 @@ class _TerminalHandler(logging.Handler):
 
 def setup_logging(rank, log_level="INFO", log_path=None, log_file_level="INFO"):
     """Route LOGGER for this run; other ranks stay silent (every rank fails alike)."""
-    for handler in list(LOGGER.handlers):
-        LOGGER.removeHandler(handler)
-        handler.close()
+    close_logging()
     LOGGER.setLevel(logging.DEBUG)
     LOGGER.propagate = False
     if rank != 0:

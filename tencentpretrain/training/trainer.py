@@ -31,6 +31,10 @@ from tencentpretrain.training.reporting import Reporter
 from tencentpretrain.training.scheduler import lr_multiplier
 
 
+def launched_rank():
+    return int(os.environ.get("RANK", "0"))
+
+
 def launched_world_size():
     """What the launcher (deepspeed, torchrun) started, from its environment."""
     return int(os.environ.get("WORLD_SIZE", "1"))
@@ -82,7 +86,7 @@ def seed_everything(seed):
 
 
 def train(args):
-    setup_logging(int(os.environ.get("RANK", "0")), args.log_level, args.log_path,
+    setup_logging(launched_rank(), args.log_level, args.log_path,
                   args.log_file_level)
     try:
         _train(args)
@@ -94,7 +98,7 @@ def _train(args):
     check_args(args)
     if args.deepspeed and single_rank_environment():
         say("note: not started by a launcher (deepspeed, torchrun); running one rank")
-    if int(os.environ.get("RANK", "0")) == 0:
+    if launched_rank() == 0:
         for path in ckpt.remove_stale_temporaries(args.output_model_path):
             say(f"removed {path}, left by a save that was killed")
     world_size = launched_world_size()
