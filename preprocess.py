@@ -3,6 +3,8 @@
     python3 preprocess.py --corpus_path corpus.txt --spm_model_path tokenizer.model \
         --dataset_path dataset --data_processor lm --seq_length 512 --processes_num 8
 
+(or --tokenizer_path tokenizer.json for a Hugging Face tokenizer, e.g. LLaMA-3's or Qwen2.5's).
+
 The format is described in docs/data_format.md; the work is done by tencentpretrain.data.
 """
 import argparse
@@ -12,21 +14,25 @@ import sys
 from tencentpretrain.data import PROCESSORS, DatasetError, format_summary, preprocess
 from tencentpretrain.data.format import SHARD_TOKENS
 from tencentpretrain.prompts import TemplateError
-from tencentpretrain.tokenizer import TokenizerError
+from tencentpretrain.tokenizer import TokenizerError, add_tokenizer_options
 
 
 def build_parser():
     parser = argparse.ArgumentParser(
-        description="Tokenize a corpus with a SentencePiece model into a dataset directory "
+        description="Tokenize a corpus with a SentencePiece model or a Hugging Face "
+                    "tokenizer.json into a dataset directory "
                     "(meta.json + memory-mappable shards, see docs/data_format.md).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--corpus_path", required=True,
                         help="Input corpus. lm: a .txt file of one document per line, or .jsonl "
                              "with a \"text\" field per line (or a .json array of such objects). "
                              "alpaca: a .json array or .jsonl of {\"instruction\", \"input\", \"output\"}.")
-    parser.add_argument("--spm_model_path", required=True,
-                        help="SentencePiece model (e.g. LLaMA's tokenizer.model); bos/eos/unk/pad "
-                             "ids are read from it (pad falls back to unk when it has none).")
+    add_tokenizer_options(
+        parser, spm_help="SentencePiece model (e.g. LLaMA's tokenizer.model); bos/eos/unk/pad "
+                         "ids are read from it (pad falls back to unk when it has none).",
+        hf_help="Hugging Face tokenizer.json, or a folder holding one (e.g. LLaMA-3's, "
+                "Qwen2.5's); bos/eos/pad and whether a bos is added come from it and the "
+                "tokenizer_config.json beside it (docs/tokenizers.md).")
     parser.add_argument("--dataset_path", required=True,
                         help="Output directory; written beside and renamed into place when complete, "
                              "replacing an older dataset there.")
@@ -68,7 +74,8 @@ def main(argv=None):
                              data_processor=args.data_processor, seq_length=args.seq_length,
                              processes_num=args.processes_num, seed=args.seed,
                              prompt_template=args.prompt_template, shard_tokens=args.shard_tokens,
-                             progress=not args.no_progress, packing=args.packing)
+                             progress=not args.no_progress, packing=args.packing,
+                             tokenizer_path=args.tokenizer_path)
     except (DatasetError, TokenizerError, TemplateError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

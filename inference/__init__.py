@@ -2,7 +2,7 @@
 from tencentpretrain.config import ConfigError
 from tencentpretrain.generation import GenerationError
 from tencentpretrain.prompts import TemplateError
-from tencentpretrain.tokenizer import TokenizerError
+from tencentpretrain.tokenizer import TokenizerError, add_tokenizer_options
 from tencentpretrain.utils.cli import run as run_cli
 from tencentpretrain.utils.weights import WeightsError
 
@@ -18,7 +18,7 @@ def add_model_options(parser):
     group.add_argument("--lora_model_path", default=None,
                        help="A LoRA adapter on top of --load_model_path: pretrain.py --use_lora "
                             "output (NAME.safetensors) or a PEFT folder (adapter_config.json).")
-    group.add_argument("--spm_model_path", required=True, help="SentencePiece tokenizer model.")
+    add_tokenizer_options(group)
     group.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda:N.")
     group.add_argument("--dtype", default="auto",
                        choices=["auto", "float32", "bfloat16", "float16"],

@@ -38,7 +38,7 @@ def main(argv=None):
     args = parse_args(argv)
     model, tokenizer = load_model_and_tokenizer(args.config_path, args.load_model_path,
                                                 args.spm_model_path, args.device, args.dtype,
-                                                args.lora_model_path)
+                                                args.lora_model_path, args.tokenizer_path)
     if args.dataset_path:
         result = evaluate_dataset(model, tokenizer, args.dataset_path, args.batch_size,
                                   args.prefix_lm_loss)

@@ -63,7 +63,7 @@ def main(argv=None):
         os.makedirs(os.path.dirname(os.path.abspath(args.prediction_path)), exist_ok=True)
     model, tokenizer = load_model_and_tokenizer(args.config_path, args.load_model_path,
                                                 args.spm_model_path, args.device, args.dtype,
-                                                args.lora_model_path)
+                                                args.lora_model_path, args.tokenizer_path)
     generator = TextGenerator(model, tokenizer, args.seq_length, args.max_new_tokens, options,
                               template, args.seed)
     if args.interactive:

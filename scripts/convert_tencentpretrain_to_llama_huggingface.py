@@ -1,6 +1,7 @@
 """Convert TencentPretrain LLaMA weights into a Hugging Face folder
 (config.json + model.safetensors) that ``AutoModelForCausalLM.from_pretrained`` loads; with
---spm_model_path also the tokenizer files, so ``AutoTokenizer`` gives the training ids."""
+--spm_model_path or --tokenizer_path also the tokenizer files, so ``AutoTokenizer`` gives the
+training ids."""
 import argparse
 import json
 import os
@@ -10,9 +11,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tencentpretrain.config import ConfigError, load_config  # noqa: E402
 from tencentpretrain.convert.hf_llama import config_to_hf, tencentpretrain_to_hf  # noqa: E402
-from tencentpretrain.convert.hf_tokenizer import write_hf_tokenizer  # noqa: E402
+from tencentpretrain.convert.hf_tokenizer import export_tokenizer  # noqa: E402
 from tencentpretrain.model_builder import vocab_size_of  # noqa: E402
-from tencentpretrain.tokenizer import SpmTokenizer, TokenizerError  # noqa: E402
+from tencentpretrain.tokenizer import (TokenizerError, add_tokenizer_options,  # noqa: E402
+                                       load_tokenizer)
 from tencentpretrain.utils.cli import run  # noqa: E402
 from tencentpretrain.utils.weights import (WeightsError, load_state_dict_file,  # noqa: E402
                                            save_state_dict_file)
@@ -25,18 +27,22 @@ def main(argv=None):
                              "pretrain.py output such as models/llama_zh_7b-5000.")
     parser.add_argument("--config_path", required=True, help="Model config JSON.")
     parser.add_argument("--output_model_path", required=True, help="Output folder.")
-    parser.add_argument("--spm_model_path", default=None,
-                        help="Tokenizer: bos/eos ids for config.json, and tokenizer.model, "
-                             "tokenizer_config.json, special_tokens_map.json and "
-                             "generation_config.json in the folder.")
+    add_tokenizer_options(
+        parser, required=False,
+        spm_help="Tokenizer: bos/eos ids for config.json, and tokenizer.model, "
+                 "tokenizer_config.json, special_tokens_map.json and generation_config.json "
+                 "in the folder.",
+        hf_help="Tokenizer (tokenizer.json or its folder): bos/eos ids for config.json, and "
+                "tokenizer.json, its tokenizer_config.json (written when absent), "
+                "special_tokens_map.json and generation_config.json in the folder.")
     args = parser.parse_args(argv)
     run(lambda: convert(args), (WeightsError, ConfigError, TokenizerError))
 
 
 def convert(args):
-    bos_id, eos_id = 1, 2
-    if args.spm_model_path:  # checked first: a bad tokenizer path fails before any heavy work
-        tokenizer = SpmTokenizer(args.spm_model_path)
+    bos_id, eos_id, tokenizer = 1, 2, None
+    if args.spm_model_path or args.tokenizer_path:  # first: a bad path fails before heavy work
+        tokenizer = load_tokenizer(args.spm_model_path, args.tokenizer_path)
         bos_id, eos_id = tokenizer.bos_id, tokenizer.eos_id
     config = load_config(args.config_path)
     state = load_state_dict_file(args.input_model_path)
@@ -53,9 +59,8 @@ def convert(args):
         f.write("\n")
     save_state_dict_file(hf_state, os.path.join(args.output_model_path, "model.safetensors"))
     written = ["config.json", "model.safetensors"]
-    if args.spm_model_path:
-        written += write_hf_tokenizer(args.spm_model_path, args.output_model_path,
-                                      config.max_seq_length)
+    if tokenizer:
+        written += export_tokenizer(tokenizer, args.output_model_path, config.max_seq_length)
     print(f"wrote {args.output_model_path}: {', '.join(written)}")
 
 

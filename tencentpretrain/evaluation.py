@@ -46,7 +46,7 @@ def check_dataset_fits(dataset, model, tokenizer):
                            f"the model only {model.vocab_size}")
     if dataset.tokenizer_sha256 != tokenizer.sha256:
         raise DatasetError(f"{dataset.path} was made with another tokenizer than "
-                           f"{tokenizer.model_path}")
+                           f"{tokenizer.source}")
 
 
 def evaluate_dataset(model, tokenizer, dataset_path, batch_size=8, prefix_lm_loss=False):
@@ -60,6 +60,7 @@ def evaluate_text(model, tokenizer, test_path, seq_length, batch_size=8):
     line) in a temporary dataset, so evaluation and training see the same samples."""
     with tempfile.TemporaryDirectory(prefix="evaluate_ppl-") as tmp:
         dataset_path = os.path.join(tmp, "dataset")
-        preprocess(test_path, tokenizer.model_path, dataset_path, data_processor="lm",
+        preprocess(test_path, tokenizer.spm_model_path, dataset_path, data_processor="lm",
+                   tokenizer_path=tokenizer.tokenizer_path,
                    seq_length=seq_length, progress=False)
         return evaluate_dataset(model, tokenizer, dataset_path, batch_size)

@@ -14,7 +14,7 @@ import torch
 from tencentpretrain.layers.kv_cache import KVCache
 from tencentpretrain.model_builder import load_model
 from tencentpretrain.prompts import build_prompt
-from tencentpretrain.tokenizer import SpmTokenizer
+from tencentpretrain.tokenizer import load_tokenizer
 
 
 class GenerationError(ValueError):
@@ -207,9 +207,10 @@ def pick_device_dtype(device="auto", dtype="auto"):
 
 
 def load_model_and_tokenizer(config_path, model_path, spm_model_path, device="auto",
-                             dtype="auto", lora_model_path=None):
-    """The checkpoint's vocabulary must be the tokenizer's: checked by load_model."""
-    tokenizer = SpmTokenizer(spm_model_path)
+                             dtype="auto", lora_model_path=None, tokenizer_path=None):
+    """The checkpoint's vocabulary must be the tokenizer's: checked by load_model. The
+    tokenizer: ``spm_model_path`` or ``tokenizer_path`` (tokenizer.py's load_tokenizer)."""
+    tokenizer = load_tokenizer(spm_model_path, tokenizer_path)
     device, dtype = pick_device_dtype(device, dtype)
     model = load_model(config_path, model_path, vocab_size=tokenizer.vocab_size, dtype=dtype,
                        device=device, lora_model_path=lora_model_path)
@@ -249,10 +250,14 @@ class TextGenerator:
             self.generator.manual_seed(seed)
 
     def encode(self, text, where="prompt"):
-        """BOS + the (templated) text, as the alpaca data processor tokenizes prompts."""
+        """BOS (where the tokenizer adds one) + the (templated) text, as the alpaca data
+        processor tokenizes prompts."""
         if self.template is not None:
             text = build_prompt(text, template=self.template)
-        ids = [self.tokenizer.bos_id] + self.tokenizer.encode(text)
+        ids = self.tokenizer.bos_ids + self.tokenizer.encode(text)
+        if not ids:
+            raise GenerationError(f"{where}: empty, and the tokenizer adds no bos: there is "
+                                  f"nothing to continue from")
         if len(ids) >= self.seq_length:
             raise GenerationError(f"{where}: the prompt has {len(ids)} tokens, no room for new "
                                   f"tokens under --seq_length {self.seq_length}")

@@ -1,6 +1,7 @@
 """The Hugging Face tokenizer files of an exported folder, so that
 ``AutoTokenizer.from_pretrained(folder)`` gives exactly the ids training used:
-``[bos] + sentencepiece.encode(text)``.
+``[bos] + sentencepiece.encode(text)``, or for a tokenizer.json (``--tokenizer_path``) the
+file itself with the files beside it that name its special tokens.
 
 Without ``tokenizer_config.json`` transformers guesses: no bos, and the non-legacy prefix
 handling that drops the leading ``▁`` SentencePiece puts before Chinese text. Special ids come
@@ -10,7 +11,7 @@ import json
 import os
 import shutil
 
-from tencentpretrain.tokenizer import SpmTokenizer
+from tencentpretrain.tokenizer import HF_FILE, TOKEN_FILES, HfTokenizer, SpmTokenizer
 
 
 def _write_json(folder, name, content):
@@ -46,9 +47,47 @@ def write_hf_tokenizer(spm_model_path, folder, model_max_length=None):
         config["model_max_length"] = model_max_length
     _write_json(folder, "tokenizer_config.json", config)
     _write_json(folder, "special_tokens_map.json", specials)
+    _write_generation_config(folder, tokenizer)
+    return ["tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
+            "generation_config.json"]
+
+
+def _write_generation_config(folder, tokenizer):
     _write_json(folder, "generation_config.json", {
         "bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id,
         "pad_token_id": tokenizer.pad_id,
     })
-    return ["tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
-            "generation_config.json"]
+
+
+def copy_hf_tokenizer(tokenizer, folder, model_max_length=None):
+    """Copy an HfTokenizer's tokenizer.json and the tokenizer_config.json /
+    special_tokens_map.json beside it; without a tokenizer_config.json, write one naming the
+    special tokens for ``PreTrainedTokenizerFast`` (its post-processor adds the bos, as ours
+    does). Returns the file names."""
+    os.makedirs(folder, exist_ok=True)
+    shutil.copyfile(tokenizer.path, os.path.join(folder, HF_FILE))
+    written = [HF_FILE]
+    source = os.path.dirname(tokenizer.path)
+    for name in TOKEN_FILES:
+        if os.path.isfile(os.path.join(source, name)):
+            shutil.copyfile(os.path.join(source, name), os.path.join(folder, name))
+            written.append(name)
+    if TOKEN_FILES[0] not in written:
+        piece = lambda token_id: None if token_id is None else tokenizer.id_to_piece(token_id)  # noqa: E731
+        config = {"tokenizer_class": "PreTrainedTokenizerFast",
+                  "bos_token": piece(tokenizer.bos_id), "eos_token": piece(tokenizer.eos_id),
+                  "pad_token": piece(tokenizer.pad_id), "unk_token": piece(tokenizer.unk_id),
+                  "clean_up_tokenization_spaces": False}
+        if model_max_length:
+            config["model_max_length"] = model_max_length
+        _write_json(folder, TOKEN_FILES[0], config)
+        written.append(TOKEN_FILES[0])
+    _write_generation_config(folder, tokenizer)
+    return written + ["generation_config.json"]
+
+
+def export_tokenizer(tokenizer, folder, model_max_length=None):
+    """The tokenizer files of either kind (tencentpretrain/tokenizer.py) into ``folder``."""
+    if isinstance(tokenizer, HfTokenizer):
+        return copy_hf_tokenizer(tokenizer, folder, model_max_length)
+    return write_hf_tokenizer(tokenizer.path, folder, model_max_length)

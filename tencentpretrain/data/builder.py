@@ -5,7 +5,7 @@ The machinery every processor (processors/, one file each) shares:
 1. The corpus is split into `processes_num` byte ranges aligned to line starts (a JSON array
    file is a single range). Each worker process streams its range into its processor's
    `add_text` / `add_record`, which tokenizes batches of about 1 MiB of text with one
-   SentencePiece call and appends to its own part files in the staging directory.
+   tokenizer call and appends to its own part files in the staging directory.
 2. The main process hands the parts, in corpus order, to the processor's `assemble`, which
    cuts them into shards; it sees the same stream whatever processes_num is.
 3. meta.json is written last, in a staging directory beside the target that is renamed into
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from tqdm import tqdm
 
 from ..prompts import PromptTemplate, TemplateError
-from ..tokenizer import SpmTokenizer, TokenizerError
+from ..tokenizer import TokenizerError, load_tokenizer
 from . import corpus
 from .corpus import (BLOCK_BYTES, JSON_ARRAY, TEXT, LineError, corpus_kind, decode,
                      iter_json_array, iter_line_pieces, line_aligned_ranges, parse_object)
@@ -46,7 +46,8 @@ class Task:
     end: int
     processor: type  # a class of processors.str2processor
     seq_length: int
-    spm_model_path: str
+    spm_model_path: str  # the tokenizer: one of these two is set (tokenizer.py)
+    tokenizer_path: str
     dtype: str
     template: PromptTemplate  # None for processors without prompts
     packing: bool
@@ -80,7 +81,7 @@ def lines_before(path, position):
 
 def tokenize_range(task, report):
     """Worker body: stream one byte range into its part files; returns its counts."""
-    tokenizer = SpmTokenizer(task.spm_model_path)
+    tokenizer = load_tokenizer(task.spm_model_path, task.tokenizer_path)
     parts = task.processor(task, tokenizer)
     try:
         with open(task.corpus_path, "rb") as f:
@@ -229,12 +230,14 @@ def _check_corpus(path):
 
 def preprocess(corpus_path, spm_model_path, dataset_path, data_processor="lm", seq_length=512,
                processes_num=1, seed=7, prompt_template=None, shard_tokens=SHARD_TOKENS,
-               progress=True, packing=False):
+               progress=True, packing=False, tokenizer_path=None):
     """Tokenize `corpus_path` into the dataset directory `dataset_path`; returns a summary dict.
 
     Raises DatasetError / CorpusError / TokenizerError / TemplateError with one-line messages.
     `seed` is only recorded: preprocessing never shuffles (training shuffles per epoch).
     `packing` (alpaca): several whole examples per sample, see packing.py.
+    The tokenizer is `spm_model_path` (SentencePiece) or `tokenizer_path` (a Hugging Face
+    tokenizer.json or its folder); pass None for the other.
     """
     started = time.perf_counter()
     processor = get_processor(data_processor)
@@ -244,7 +247,7 @@ def preprocess(corpus_path, spm_model_path, dataset_path, data_processor="lm", s
         raise DatasetError(f"--processes_num must be at least 1, got {processes_num}")
     if shard_tokens < 1:
         raise DatasetError(f"--shard_tokens must be at least 1, got {shard_tokens}")
-    tokenizer = SpmTokenizer(spm_model_path)
+    tokenizer = load_tokenizer(spm_model_path, tokenizer_path)
     kind = corpus_kind(corpus_path)
     _check_corpus(corpus_path)
     processor.check_corpus(corpus_path, kind)
@@ -258,7 +261,7 @@ def preprocess(corpus_path, spm_model_path, dataset_path, data_processor="lm", s
     with _staging(dataset_path) as staging:
         os.mkdir(os.path.join(staging, "parts"))
         tasks = [Task(k, corpus_path, kind, start, end, processor, seq_length, spm_model_path,
-                      dtype, template, packing, os.path.join(staging, "parts", f"part_{k:05d}"))
+                      tokenizer_path, dtype, template, packing, os.path.join(staging, "parts", f"part_{k:05d}"))
                  for k, (start, end) in enumerate(ranges)]
         counts = run_tasks(tasks, corpus_bytes, progress)
         skipped = sum((Counter(c["skipped"]) for c in counts), Counter())
@@ -280,11 +283,12 @@ def preprocess(corpus_path, spm_model_path, dataset_path, data_processor="lm", s
             "vocab_size": tokenizer.vocab_size,
             "dtype": dtype,
             "bos_id": tokenizer.bos_id,
+            "add_bos": tokenizer.add_bos,
             "eos_id": tokenizer.eos_id,
             "pad_id": tokenizer.pad_id,
             "unk_id": tokenizer.unk_id,
             "tokenizer_sha256": tokenizer.sha256,
-            "tokenizer_file": os.path.basename(spm_model_path),
+            "tokenizer_file": os.path.basename(tokenizer.path),
             "corpus_file": os.path.basename(corpus_path),
             "seed": seed,
             "num_samples": sum(s["num_samples"] for s in shards),

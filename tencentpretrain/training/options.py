@@ -10,6 +10,7 @@ import os
 from tencentpretrain.adapters import adapter_files
 from tencentpretrain.data import PROCESSORS
 from tencentpretrain.layers.lora import MODULES_TO_SAVE, TARGETS, LoraConfig, parse_names
+from tencentpretrain.tokenizer import add_tokenizer_options
 from tencentpretrain.training.errors import TrainingError
 from tencentpretrain.training.logs import LEVELS
 from tencentpretrain.training.scheduler import SCHEDULERS
@@ -25,8 +26,10 @@ def build_parser():
     model.add_argument("--config_path", required=True, help="Model config JSON.")
     model.add_argument("--pretrained_model_path", default=None,
                        help="Weights to start from (.bin or .safetensors); random init if omitted.")
-    model.add_argument("--spm_model_path", required=True,
-                       help="SentencePiece model the dataset was made with (its hash is checked).")
+    add_tokenizer_options(model, spm_help="SentencePiece model the dataset was made with (its "
+                                          "hash is checked).",
+                          hf_help="Hugging Face tokenizer.json (or its folder) the dataset was "
+                                  "made with (its hash is checked).")
 
     data = parser.add_argument_group("data")
     data.add_argument("--dataset_path", required=True, help="Output folder of preprocess.py.")

@@ -17,7 +17,7 @@ from tencentpretrain.data import PROCESSORS, BatchIterator, TokenDataset
 from tencentpretrain.layers.lora import (adapter_names, inject_lora,
                                          keep_grad_through_checkpoints)
 from tencentpretrain.model_builder import build_model
-from tencentpretrain.tokenizer import SpmTokenizer
+from tencentpretrain.tokenizer import load_tokenizer
 from tencentpretrain.training import checkpointing as ckpt
 from tencentpretrain.training.ds_config import read_config, reconcile
 from tencentpretrain.training.engine import make_backend, precision_refusal
@@ -68,8 +68,8 @@ def check_data(args, dataset, tokenizer, config, vocab_size):
         raise TrainingError(f"--data_processor {args.data_processor}, but {path} was made with "
                             f"--data_processor {dataset.data_processor}")
     if dataset.tokenizer_sha256 != tokenizer.sha256:
-        raise TrainingError(f"{path} was made with another tokenizer than --spm_model_path "
-                            f"{args.spm_model_path} (sha256 {dataset.tokenizer_sha256[:12]}... != "
+        raise TrainingError(f"{path} was made with another tokenizer than {tokenizer.source} "
+                            f"(sha256 {dataset.tokenizer_sha256[:12]}... != "
                             f"{tokenizer.sha256[:12]}...)")
     if dataset.vocab_size > vocab_size:
         raise TrainingError(f"{path} has a vocabulary of {dataset.vocab_size} tokens, the model "
@@ -115,7 +115,7 @@ def _train(args):
             # another rank count: DeepSpeed re-partitions from its universal checkpoint
             ds_config.setdefault("checkpoint", {})["load_universal"] = True
 
-    tokenizer = SpmTokenizer(args.spm_model_path)
+    tokenizer = load_tokenizer(args.spm_model_path, args.tokenizer_path)
     dataset = TokenDataset(args.dataset_path)
     config = load_config(args.config_path)
     weights, vocab_size = None, tokenizer.vocab_size

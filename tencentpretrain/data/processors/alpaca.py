@@ -1,9 +1,10 @@
 """``alpaca`` (alias ``llm_sft``): instruction examples, one per sample or packed.
 
-Each example is [bos] + prompt + answer + [eos], cut to seq_length + 1, with its prompt
-length (bos included) stored for --prefix_lm_loss. With --packing, whole examples are
-packed into samples of at most seq_length + 1 tokens (packing.py) and each shard also
-stores where its examples start (``.doc.npy``), so training isolates them.
+Each example is [bos] + prompt + answer + [eos] (no bos where the tokenizer adds none), cut
+to seq_length + 1, with its prompt length (bos included) stored for --prefix_lm_loss. With
+--packing, whole examples are packed into samples of at most seq_length + 1 tokens
+(packing.py) and each shard also stores where its examples start (``.doc.npy``), so
+training isolates them.
 """
 from itertools import chain
 
@@ -48,18 +49,19 @@ class AlpacaProcessor(Processor):
         if not self.prompts:
             return
         ids = self.tokenizer.encode_batch(self.prompts + self.answers)
-        bos, eos, limit = self.tokenizer.bos_id, self.tokenizer.eos_id, self.task.seq_length + 1
+        bos, eos, limit = self.tokenizer.bos_ids, self.tokenizer.eos_id, self.task.seq_length + 1
         samples, prompt_lengths = [], []
         for prompt, answer in zip(ids[:len(self.prompts)], ids[len(self.prompts):]):
-            if 1 + len(prompt) >= limit:
+            prompt = bos + prompt
+            if len(prompt) >= limit:
                 self.skipped["prompt too long for seq_length"] += 1
                 continue
-            sample = [bos] + prompt + answer + [eos]
+            sample = prompt + answer + [eos]
             if len(sample) > limit:
                 self.truncated += 1
                 del sample[limit:]
             samples.append(sample)
-            prompt_lengths.append(1 + len(prompt))
+            prompt_lengths.append(len(prompt))
         lengths = np.fromiter(map(len, samples), OFFSET_DTYPE, len(samples))
         self.write(".tokens", np.fromiter(chain.from_iterable(samples), self.dtype, lengths.sum()))
         self.write(".lengths", lengths)

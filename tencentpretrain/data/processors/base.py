@@ -3,7 +3,7 @@
 A processor is a class with two halves:
 
 * worker side (an instance per byte range of the corpus): ``add_text`` / ``add_record`` take
-  the corpus as builder.py streams it, ``flush`` tokenizes a batch with one SentencePiece
+  the corpus as builder.py streams it, ``flush`` tokenizes a batch with one tokenizer
   call and appends it to the part files named by ``extensions``; ``finish`` returns counts.
 * main side (class methods): ``check`` refuses options and corpora it cannot take,
   ``assemble`` turns the part files of all workers, in corpus order, into shards.
@@ -18,7 +18,7 @@ from ..corpus import TEXT, LineError
 from ..format import CorpusError, numpy_dtype
 
 COPY_ITEMS = 1 << 22  # tokens / offsets per step when the main process assembles shards
-BATCH_CHARS = 1 << 20  # text per SentencePiece call: bounds the Python id lists (tens of MB)
+BATCH_CHARS = 1 << 20  # text per tokenizer call: bounds the Python id lists (tens of MB)
 JSON_TYPES = {dict: "an object", list: "an array", int: "a number", float: "a number",
               bool: "a boolean", type(None): "null"}
 

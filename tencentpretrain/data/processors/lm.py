@@ -1,8 +1,9 @@
 """``lm`` (alias ``llm_pretrain``): documents back to back, cut into samples of seq_length + 1.
 
-Each document becomes [bos] + ids + [eos]; the token stream of all documents, in corpus
-order, is cut into samples of seq_length + 1 tokens (global packing, so the samples do not
-depend on processes_num), and each shard records where documents start (``.doc.npy``).
+Each document becomes [bos] + ids + [eos] (no bos where the tokenizer adds none); the token
+stream of all documents, in corpus order, is cut into samples of seq_length + 1 tokens
+(global packing, so the samples do not depend on processes_num), and each shard records
+where documents start (``.doc.npy``).
 """
 import os
 from itertools import chain
@@ -50,7 +51,7 @@ class LmProcessor(Processor):
         if not self.texts:
             return
         ids = self.tokenizer.encode_batch(self.texts)
-        bos, eos = (self.tokenizer.bos_id,), (self.tokenizer.eos_id,)
+        bos, eos = tuple(self.tokenizer.bos_ids), (self.tokenizer.eos_id,)
 
         def with_specials():
             for piece_ids, opens, closes in zip(ids, self.opens, self.closes):
@@ -61,7 +62,7 @@ class LmProcessor(Processor):
                     yield eos
 
         sizes = np.fromiter(map(len, ids), np.int64, len(ids))
-        sizes += np.array(self.opens, np.int64) + np.array(self.closes, np.int64)
+        sizes += len(bos) * np.array(self.opens, np.int64) + np.array(self.closes, np.int64)
         ends = np.cumsum(sizes)
         self.write(".tokens", np.fromiter(chain.from_iterable(with_specials()), self.dtype, ends[-1]))
         document_ends = ends[np.array(self.closes)]
