@@ -184,8 +184,8 @@ class HfTokenizer(_Tokenizer):
         bos = self._special("bos", before)
         self.eos_id = self._special("eos", after)
         if self.eos_id is None:
-            raise TokenizerError(f"{HF_OPTION} {file}: no eos token (none in tokenizer_config.json, "
-                                 f"special_tokens_map.json, config.json or the post-processor); "
+            raise TokenizerError(f"{HF_OPTION} {file}: no eos token (not in the post-processor nor "
+                                 f"in {', '.join(TOKEN_FILES + ID_FILES)} beside it); "
                                  f"documents need one to end")
         add_bos = self._files[TOKEN_FILES[0]].get("add_bos_token")
         self.add_bos = bool(before) if add_bos is None else bool(add_bos)
@@ -234,7 +234,7 @@ class HfTokenizer(_Tokenizer):
                                  f"{len(from_post_processor)} tokens around a text; only a "
                                  f"single bos before and eos after are supported")
         for file in ID_FILES:
-            value = self._files[file].get(f"{name}_id")
+            value = self._files[file].get(f"{name}_token_id")
             if isinstance(value, list):  # LLaMA-3.1 Instruct: several ids end a generation
                 value = value[0] if value else None
             if isinstance(value, int):
