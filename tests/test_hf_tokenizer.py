@@ -217,19 +217,21 @@ def test_alpaca_dataset_holds_the_ids_tokenizers_gives(tok, shared_data, tmp_pat
 
 @pytest.fixture(scope="module")
 def trained(tok, lm_corpus, tmp_path_factory):
-    """A few in-process training steps of the tiny config on a qwen-like (no bos) dataset."""
+    """A few in-process training steps of the tiny config on a qwen-like (no bos) dataset:
+    the folder (ds/, m = the final weights, log.txt)."""
     root = tmp_path_factory.mktemp("hf_train")
     preprocess(lm_corpus, None, str(root / "ds"), seq_length=64, progress=False,
                tokenizer_path=tok["qwen"])
+    run_in_process(["--dataset_path", str(root / "ds"), "--tokenizer_path", tok["qwen"],
+                    "--config_path", TINY, "--output_model_path", str(root / "m"),
+                    "--total_steps", "10", "--save_checkpoint_steps", "10", "--report_steps", "1",
+                    "--batch_size", "4", "--learning_rate", "1e-2", "--warmup", "0",
+                    "--log_path", str(root / "log.txt")])
     return root
 
 
-def test_pretrain_from_a_tokenizer_json_dataset_lowers_the_loss(tok, trained, capsys):
-    run_in_process(["--dataset_path", str(trained / "ds"), "--tokenizer_path", tok["qwen"],
-                    "--config_path", TINY, "--output_model_path", str(trained / "m"),
-                    "--total_steps", "10", "--save_checkpoint_steps", "10", "--report_steps", "1",
-                    "--batch_size", "4", "--learning_rate", "1e-2", "--warmup", "0"])
-    losses = logged_losses(capsys.readouterr().out)
+def test_pretrain_from_a_tokenizer_json_dataset_lowers_the_loss(trained):
+    losses = logged_losses((trained / "log.txt").read_text())
     assert sorted(losses) == list(range(1, 11))
     assert losses[10] < losses[1] - 0.5, losses
 
@@ -262,6 +264,11 @@ def test_generate_and_evaluate_with_tokenizer_path(tok, trained, tmp_path, capsy
 
     assert run_inference(evaluate_main, model_options + ["--dataset_path", trained / "ds"]) == 0
     assert "perplexity" in capsys.readouterr().out
+    assert run_inference(evaluate_main, model_options + [  # raw text: preprocessed with it
+        "--test_path", tmp_path / "prompts.txt", "--seq_length", "8"]) == 0
+    stream = len(tokenizer.encode("北京是")) + len(tokenizer.encode("Hello")) + 2  # 2 eos, no bos
+    samples = -(-stream // 9)  # seq_length + 1 tokens each; a sample's first is not predicted
+    assert f"tokens: {stream - samples} " in capsys.readouterr().out
     other = model_options[:-1] + [tok["llama3"], "--dataset_path", trained / "ds"]
     assert run_inference(evaluate_main, other) == 2
     assert "another tokenizer than --tokenizer_path" in capsys.readouterr().err
