@@ -5,8 +5,9 @@
 
 The corpus is ../shared/data/CLUECorpusSmall_sampled.txt (or --corpus) repeated --repeat
 times (25: about 49 MB) in a temporary directory, tokenized with the LLaMA SentencePiece
-tokenizer (or --spm_model_path / --tokenizer_path) by the real CLI in a child process. Peak RSS of the largest single process comes from getrusage; the memory of the
-whole process tree (main + workers) is sampled from /proc as PSS. The temporary corpus and
+tokenizer (or --spm_model_path / --tokenizer_path) by the real CLI in a child process. Peak
+RSS of the largest single process comes from getrusage; the memory of the whole process tree
+(main + workers) is sampled from /proc as PSS. The temporary corpus and
 dataset are deleted.
 """
 import argparse

@@ -103,7 +103,8 @@ class SpmTokenizer(_Tokenizer):
         try:
             self.sp.Load(model_path)
         except Exception as e:  # sentencepiece raises OSError/RuntimeError with a C++ message
-            hint = f"; a Hugging Face tokenizer.json goes to {HF_OPTION}" if model_path.endswith(".json") else ""
+            hint = (f"; a Hugging Face tokenizer.json goes to {HF_OPTION}"
+                    if model_path.endswith(".json") else "")
             raise TokenizerError(f"{SPM_OPTION} {model_path}: not a SentencePiece model "
                                  f"({str(e).splitlines()[0]}){hint}") from None
         self.vocab_size = self.sp.GetPieceSize()

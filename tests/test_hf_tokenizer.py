@@ -138,9 +138,10 @@ def test_special_tokens_come_from_the_files(tok):
     assert qwen.bos_id is None and not qwen.add_bos and qwen.bos_ids == []
     assert qwen.eos_id == qwen.pad_id == raw.token_to_id("<|endoftext|>")
 
-    bare = load_tokenizer(tokenizer_path=tok["bare_llama3"])  # bos from the template,
+    # no tokenizer_config.json: bos from the template, eos from generation_config.json's list
+    bare = load_tokenizer(tokenizer_path=tok["bare_llama3"])
     assert (bare.bos_id, bare.eos_id, bare.add_bos) == (llama3.bos_id, llama3.eos_id, True)
-    assert bare.sha256 == llama3.sha256  # eos from generation_config.json (the first of a list)
+    assert bare.sha256 == llama3.sha256
 
     big = load_tokenizer(tokenizer_path=tok["big"])
     assert (big.vocab_size, big.eos_id) == (70001, 70000)

@@ -67,13 +67,15 @@ def copy_hf_tokenizer(tokenizer, folder, model_max_length=None):
     os.makedirs(folder, exist_ok=True)
     shutil.copyfile(tokenizer.path, os.path.join(folder, HF_FILE))
     written = [HF_FILE]
-    source = os.path.dirname(tokenizer.path)
+    beside = os.path.dirname(tokenizer.path)
     for name in TOKEN_FILES:
-        if os.path.isfile(os.path.join(source, name)):
-            shutil.copyfile(os.path.join(source, name), os.path.join(folder, name))
+        if os.path.isfile(os.path.join(beside, name)):
+            shutil.copyfile(os.path.join(beside, name), os.path.join(folder, name))
             written.append(name)
     if TOKEN_FILES[0] not in written:
-        piece = lambda token_id: None if token_id is None else tokenizer.id_to_piece(token_id)  # noqa: E731
+        def piece(token_id):
+            return None if token_id is None else tokenizer.id_to_piece(token_id)
+
         config = {"tokenizer_class": "PreTrainedTokenizerFast",
                   "bos_token": piece(tokenizer.bos_id), "eos_token": piece(tokenizer.eos_id),
                   "pad_token": piece(tokenizer.pad_id), "unk_token": piece(tokenizer.unk_id),

@@ -261,7 +261,8 @@ def preprocess(corpus_path, spm_model_path, dataset_path, data_processor="lm", s
     with _staging(dataset_path) as staging:
         os.mkdir(os.path.join(staging, "parts"))
         tasks = [Task(k, corpus_path, kind, start, end, processor, seq_length, spm_model_path,
-                      tokenizer_path, dtype, template, packing, os.path.join(staging, "parts", f"part_{k:05d}"))
+                      tokenizer_path, dtype, template, packing,
+                      os.path.join(staging, "parts", f"part_{k:05d}"))
                  for k, (start, end) in enumerate(ranges)]
         counts = run_tasks(tasks, corpus_bytes, progress)
         skipped = sum((Counter(c["skipped"]) for c in counts), Counter())
