@@ -56,9 +56,10 @@ class TransformerEncoder(nn.Module):
         rotary = None
         if self.config.rotary_position_embedding:
             rotary = rotary_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta,
-                                    hidden.device)
+                                    hidden.device, self.config.rope_scaling)
         make_mask = causal_document_mask if isolated else self.make_mask
-        attn_mask, is_causal = make_mask(batch, seq, past, hidden.device, seg=seg, key_mask=key_mask)
+        attn_mask, is_causal = make_mask(batch, seq, past, hidden.device, seg=seg, key_mask=key_mask,
+                                         window=self.config.sliding_window)
 
         layers = list(self.transformer)
         if self.checkpoint_layers_num and self.training and torch.is_grad_enabled():

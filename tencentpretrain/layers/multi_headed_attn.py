@@ -4,6 +4,7 @@ Parameter names follow TencentPretrain (``linear_layers`` = q, k, v;
 ``final_linear`` = output), so its LLaMA checkpoints load unchanged. With
 ``local_kv_heads_num`` < ``heads_num`` the k/v projections are smaller and SDPA
 broadcasts each k/v head over its query group (``enable_gqa``), no copies.
+``qkv_bias`` gives q/k/v (not the output) a bias, as Qwen2 has.
 """
 import torch.nn as nn
 import torch.nn.functional as F
@@ -12,7 +13,8 @@ from tencentpretrain.layers.rotary import apply_rotary
 
 
 class MultiHeadedAttention(nn.Module):
-    def __init__(self, hidden_size, heads_num, kv_heads_num, dropout, has_bias, layer_index):
+    def __init__(self, hidden_size, heads_num, kv_heads_num, dropout, has_bias, layer_index,
+                 qkv_bias=False):
         super().__init__()
         self.heads_num = heads_num
         self.kv_heads_num = kv_heads_num
@@ -21,9 +23,9 @@ class MultiHeadedAttention(nn.Module):
         self.dropout = dropout
         kv_size = kv_heads_num * self.head_dim
         self.linear_layers = nn.ModuleList([
-            nn.Linear(hidden_size, hidden_size, bias=has_bias),
-            nn.Linear(hidden_size, kv_size, bias=has_bias),
-            nn.Linear(hidden_size, kv_size, bias=has_bias),
+            nn.Linear(hidden_size, hidden_size, bias=has_bias or qkv_bias),
+            nn.Linear(hidden_size, kv_size, bias=has_bias or qkv_bias),
+            nn.Linear(hidden_size, kv_size, bias=has_bias or qkv_bias),
         ])
         self.final_linear = nn.Linear(hidden_size, hidden_size, bias=has_bias)
 
