@@ -74,7 +74,18 @@ def config_from_meta(params, max_seq_length=2048):
         "layernorm": "rms", "hidden_act": "silu", "dropout": 0.0, "target": ["lm"],
         "layernorm_eps": params["norm_eps"], "rope_theta": float(params.get("rope_theta", 10000.0)),
         "tie_weights": False,
+        "rope_scaling": _meta_rope_scaling(params),
     }
+
+
+def _meta_rope_scaling(params):
+    """LLaMA-3.1+ ``use_scaled_rope``: Meta's reference code fixes the llama3 constants
+    (factor 8 unless ``rope_scaling_factor`` says otherwise, original context 8192)."""
+    if not params.get("use_scaled_rope"):
+        return None
+    return {"rope_type": "llama3", "factor": float(params.get("rope_scaling_factor", 8.0)),
+            "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192}
 
 
 def _our_name(meta_name):
