@@ -273,3 +273,40 @@ def test_bad_rope_scaling_in_our_config(scaling, message):
         config_from_dict(dict(emb_size=64, hidden_size=64, feedforward_size=128, heads_num=4,
                               layers_num=1, max_seq_length=64, rope_scaling=scaling),
                          source="cfg.json")
+
+
+@pytest.mark.parametrize("features", [
+    dict(qkv_bias=True, tie_weights=True, rope_theta=1e6),
+    dict(sliding_window=16, rope_scaling=LLAMA31_ROPE, local_kv_heads_num=2, rope_theta=5e5),
+])
+def test_training_the_new_features_then_exporting(tmp_path, features):
+    """pretrain.py trains a Qwen2-like / Mistral-like config (window 16 < seq_length 64, scaled
+    RoPE), the loss falls, and transformers computes the trained model's logits."""
+    from tencentpretrain.config import save_config
+    from tests.test_training_helpers import logged_losses, pretrain_argv, run_in_process
+    tiny = load_config(os.path.join(ROOT, "models", "llama", "tiny_config.json"))
+    config = tiny.__class__(**{**tiny.__dict__, **features})
+    save_config(config, str(tmp_path / "config.json"))
+    output = str(tmp_path / "model.bin")
+    argv = pretrain_argv(output, steps=16, save=16)
+    argv[argv.index("--learning_rate") + 1] = "3e-3"
+    argv[argv.index("--config_path") + 1] = str(tmp_path / "config.json")
+    import contextlib
+    import io
+    log = io.StringIO()
+    with contextlib.redirect_stdout(log):
+        run_in_process(argv)
+    losses = logged_losses(log.getvalue())
+    first, last = sum(losses[s] for s in (1, 2, 3)) / 3, sum(losses[s] for s in (14, 15, 16)) / 3
+    assert last < first - 0.5, losses
+    config = load_config(str(tmp_path / "config.json"))
+    model = tencentpretrain.load_model(config, output)
+    vocab = model.vocab_size
+    hf_config = transformers.AutoConfig.for_model(**config_to_hf(config, vocab))
+    hf = getattr(transformers, hf_config.architectures[0])(hf_config).eval()
+    hf.load_state_dict(tencentpretrain_to_hf(model.state_dict(), config), strict=False)
+    if config.tie_weights:
+        hf.tie_weights()
+    x = torch.randint(0, vocab, (2, 64), generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        assert (model(x) - hf(x).logits).abs().max().item() <= 1e-5

@@ -146,7 +146,9 @@ def config_to_hf(config: ModelConfig, vocab_size, bos_id=1, eos_id=2, dtype="flo
         "num_attention_heads": config.heads_num, "num_hidden_layers": config.layers_num,
         "num_key_value_heads": config.kv_heads_num, "head_dim": config.head_dim,
         "max_position_embeddings": config.max_seq_length, "rms_norm_eps": config.layernorm_eps,
-        "rope_theta": config.rope_theta, "rope_scaling": config.rope_scaling,
+        "rope_theta": config.rope_theta,
+        "rope_scaling": dict(config.rope_scaling) if config.rope_scaling else None,  # a copy:
+        # transformers writes rope_theta into the rope dict it is given
         "tie_word_embeddings": config.tie_weights,
         "hidden_act": config.hidden_act, "vocab_size": vocab_size, "initializer_range": 0.02,
         "bos_token_id": bos_id, "eos_token_id": eos_id, "torch_dtype": dtype,
