@@ -158,3 +158,20 @@ def test_decay_groups_use_the_full_shapes_under_zero3():
     groups = optimizer_parameters(model, 0.1)
     assert [(len(g["params"]), g["weight_decay"]) for g in groups] == [(1, 0.1), (1, 0.0)]
     assert groups[0]["params"][0] is model.matrix and groups[1]["params"][0] is model.gain
+
+
+def test_mfu_flops_equal_a_hand_count_for_7b_and_its_lora():
+    """7B at seq 2048: per layer 4 x 4096^2 (attention) + 3 x 4096 x 11008 (gated FFN), 32
+    layers, plus the 32000 x 4096 output layer; the embedding lookup, norms are not matmuls."""
+    import os
+    from tencentpretrain.layers.lora import LoraConfig, inject_lora
+    from tencentpretrain.training.metrics import flops_per_token
+    from tests.conftest import ROOT
+    model = tencentpretrain.build_model(os.path.join(ROOT, "models", "llama", "7b_config.json"),
+                                        32000, device="meta")
+    matrices = 32 * (4 * 4096 * 4096 + 3 * 4096 * 11008) + 32000 * 4096
+    attention = 12 * 32 * 4096 * 2048
+    assert matrices == 6_607_077_376
+    assert flops_per_token(model, 2048) == 6 * matrices + attention == 42_863_689_728
+    inject_lora(model, LoraConfig(r=8))  # frozen base: no weight gradients, 4 per parameter
+    assert flops_per_token(model, 2048) == 4 * matrices + 6 * 19_988_480 + attention
