@@ -26,3 +26,16 @@ def llama_spm(shared_data):
 @pytest.fixture(scope="session")
 def chinese_spm(shared_data):
     return os.path.join(shared_data, "cluecorpussmall_spm.model")
+
+
+def tiny_checkpoint(path, vocab_size=32000, config_path="models/llama/tiny_config.json", seed=0):
+    """Write a random tiny model as a .bin; returns its config path. Here, not in a test
+    module, so tests that need no transformers never skip along with one that does."""
+    import torch
+
+    import tencentpretrain
+    from tencentpretrain.utils.weights import save_state_dict_file
+    torch.manual_seed(seed)
+    model = tencentpretrain.build_model(os.path.join(ROOT, config_path), vocab_size)
+    save_state_dict_file(model.state_dict(), str(path))
+    return os.path.join(ROOT, config_path)

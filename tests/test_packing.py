@@ -14,8 +14,7 @@ import tencentpretrain
 from tencentpretrain.data import DatasetError, Sample, TokenDataset, collate, preprocess
 from tencentpretrain.data.packing import first_fit_decreasing
 from tencentpretrain.layers.masks import causal_document_mask, document_positions
-from tests.conftest import ROOT
-from tests.test_generate import tiny_checkpoint
+from tests.conftest import ROOT, tiny_checkpoint
 
 TINY_GQA = os.path.join(ROOT, "models", "llama", "tiny_gqa_config.json")
 SEQ_LENGTH = 512
