@@ -7,12 +7,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tencentpretrain.config import ConfigError  # noqa: E402
 from tencentpretrain.convert import write_converted  # noqa: E402
 from tencentpretrain.convert.hf_llama import (config_from_hf, hf_to_tencentpretrain,  # noqa: E402
                                               read_hf_config, read_hf_folder)
 from tencentpretrain.utils.cli import run  # noqa: E402
-from tencentpretrain.utils.weights import WeightsError  # noqa: E402
 
 
 def main(argv=None):
@@ -33,7 +31,7 @@ def main(argv=None):
         state = hf_to_tencentpretrain(hf_state, config, source=args.input_model_path)
         write_converted(state, config, args.output_model_path, args.output_config_path)
 
-    run(convert, (WeightsError, ConfigError, KeyError))
+    run(convert)
 
 
 if __name__ == "__main__":

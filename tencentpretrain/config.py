@@ -7,8 +7,11 @@ import json
 import os
 from dataclasses import dataclass, field, fields
 
+from tencentpretrain.errors import UserError
+from tencentpretrain.utils.files import read_json
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError):
     """A model config that cannot be built; the message is one line naming the file."""
 
 
@@ -164,14 +167,7 @@ def load_config(path):
     """Read and validate a JSON model config; every problem is one ConfigError line."""
     if not os.path.isfile(path):
         raise ConfigError(f"--config_path {path}: no such file")
-    try:
-        with open(path, encoding="utf-8") as f:
-            raw = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: a model config must be a JSON object")
-    return config_from_dict(raw, source=path)
+    return config_from_dict(read_json(path, ConfigError, expect=dict), source=path)
 
 
 def save_config(config, path):

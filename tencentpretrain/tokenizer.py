@@ -13,8 +13,10 @@ import os
 
 import sentencepiece as spm
 
+from tencentpretrain.errors import UserError
 
-class TokenizerError(ValueError):
+
+class TokenizerError(UserError):
     """A tokenizer file that is missing or is not a SentencePiece model."""
 
 

@@ -65,7 +65,7 @@ def test_alpaca_samples(alpaca_dataset):
 
 @pytest.mark.parametrize("damage, message", [
     (lambda d: os.remove(d / "meta.json"), "meta.json: missing"),
-    (lambda d: (d / "meta.json").write_text("{"), "meta.json: not valid JSON"),
+    (lambda d: (d / "meta.json").write_text("{"), "meta.json:1: invalid JSON"),
     (lambda d: edit_meta(d, format_version=99), "format_version 99 is not supported"),
     (lambda d: edit_meta(d, format="something-else"), "not a tencentpretrain-tokens dataset"),
     (lambda d: edit_meta(d, dtype="uint32"), r"shard_00000\.bin: \d+ bytes, expected \d+ .*truncated or foreign"),

@@ -157,7 +157,7 @@ def test_build_prompt_default_template():
 
 
 @pytest.mark.parametrize("content, message", [
-    ("not json", "not a JSON template file"),
+    ("not json", "invalid JSON"),
     ('{"prompt_no_input": "x"}', 'needs a "prompt_input" string'),
     ('{"prompt_input": "{instruction} only"}', '"prompt_input" lacks {input}'),
 ])

@@ -11,10 +11,10 @@ permutes q/k rows (and q/k biases) so rotary acts on the two halves of each head
 ``_to_hf_rows`` and ``_from_hf_rows`` are exact inverses, so HF -> ours -> HF is lossless.
 """
 import glob
-import json
 import os
 
 from tencentpretrain.config import ConfigError, ModelConfig, config_from_dict
+from tencentpretrain.utils.files import read_json
 from tencentpretrain.utils.weights import WeightsError, load_state_dict_file
 
 _LAYER_MAP = {  # ours (per layer) -> HF (per layer)
@@ -231,11 +231,9 @@ def _weight_files(path):
     for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         index = os.path.join(path, index_name)
         if os.path.isfile(index):
-            try:
-                with open(index, encoding="utf-8") as f:
-                    weight_map = json.load(f)["weight_map"]
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise WeightsError(f"{index}: not a shard index ({e})") from None
+            weight_map = read_json(index, WeightsError, expect=dict).get("weight_map")
+            if not isinstance(weight_map, dict):
+                raise WeightsError(f'{index}: no "weight_map" object; not a shard index')
             files = [os.path.join(path, name) for name in sorted(set(weight_map.values()))]
             missing = [f for f in files if not os.path.isfile(f)]
             if missing:
@@ -256,11 +254,7 @@ def read_hf_config(path):
     config_file = os.path.join(path, "config.json")
     if not os.path.isfile(config_file):
         raise WeightsError(f"{path}: no config.json; expected a Hugging Face model folder")
-    try:
-        with open(config_file, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{config_file}:{e.lineno}: invalid JSON ({e.msg})") from None
+    return read_json(config_file, ConfigError, expect=dict)
 
 
 def read_hf_folder(path):

@@ -5,13 +5,13 @@ is renaming plus merging the model-parallel shards: 13B and larger are split acr
 several files, each tensor along its own dimension (``_LAYER_MAP``/``_GLOBAL_MAP``).
 """
 import glob
-import json
 import os
 import re
 
 import torch
 
 from tencentpretrain.config import config_from_dict
+from tencentpretrain.utils.files import read_json
 from tencentpretrain.utils.weights import WeightsError
 
 # Meta name -> (our name, dimension the shards split it along; None = replicated)
@@ -47,11 +47,7 @@ def read_params(folder):
     path = os.path.join(folder, "params.json")
     if not os.path.isfile(path):
         raise WeightsError(f"{folder}: no params.json; expected a Meta LLaMA checkpoint folder")
-    try:
-        with open(path, encoding="utf-8") as f:
-            params = json.load(f)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise WeightsError(f"{path}: not JSON ({e})") from None
+    params = read_json(path, WeightsError, expect=dict)
     for key in ("dim", "n_layers", "n_heads", "norm_eps", "multiple_of"):
         if key not in params:
             raise WeightsError(f'{path}: missing "{key}"')

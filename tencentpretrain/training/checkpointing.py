@@ -24,6 +24,7 @@ import torch
 
 from tencentpretrain.model_builder import build_model, check_state_dict, vocab_size_of
 from tencentpretrain.training.errors import TrainingError
+from tencentpretrain.utils.files import atomic_path, read_json, write_text_atomic
 from tencentpretrain.utils.weights import WeightsError, load_state_dict_file, save_state_dict_file
 
 LATEST = "latest"
@@ -50,12 +51,11 @@ def step_of(tag):
 def publish_final(weights_file, output_model_path):
     """The last weights also at ``output_model_path`` itself, the name a next stage can use
     without knowing the step (a hard link where the file system allows, else a copy)."""
-    tmp = f"{output_model_path}.tmp-{os.getpid()}"
-    try:
-        os.link(weights_file, tmp)
-    except OSError:
-        shutil.copyfile(weights_file, tmp)
-    os.replace(tmp, output_model_path)
+    with atomic_path(output_model_path) as tmp:
+        try:
+            os.link(weights_file, tmp)
+        except OSError:
+            shutil.copyfile(weights_file, tmp)
 
 
 _TEMPORARY = re.compile(r".+\.tmp-(\d+)")
@@ -227,22 +227,13 @@ def set_rng_state(state):
         torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
 
 
-def _write_atomic(path, text):
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def trainer_state_path(directory, tag, rank):
     return os.path.join(directory, tag, f"trainer_state_rank{rank}.json")
 
 
 def save_trainer_state(directory, tag, rank, state):
     os.makedirs(os.path.join(directory, tag), exist_ok=True)
-    _write_atomic(trainer_state_path(directory, tag, rank), json.dumps(state))
+    write_text_atomic(trainer_state_path(directory, tag, rank), json.dumps(state))
 
 
 def load_trainer_state(directory, tag, rank):
@@ -254,12 +245,8 @@ def load_trainer_state(directory, tag, rank):
     if not os.path.isfile(path):
         raise TrainingError(f"--resume_from_checkpoint {directory}: {path} is missing (not a "
                             "pretrain.py checkpoint)")
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise TrainingError(f"--resume_from_checkpoint {directory}: {path} is not a trainer "
-                            f"state file ({e})") from None
+    return read_json(path, TrainingError, f"--resume_from_checkpoint {directory}: trainer state "
+                     f"{path}", expect=dict)
 
 
 def saved_world_size(directory):
@@ -302,7 +289,7 @@ def make_universal(directory, tag, say=print):
 
 
 def write_latest(directory, tag):
-    _write_atomic(os.path.join(directory, LATEST), tag)
+    write_text_atomic(os.path.join(directory, LATEST), tag)
 
 
 def read_latest(directory):

@@ -7,6 +7,7 @@ way that cannot be reconciled (total batch size, ZeRO stage, scheduler) is refus
 import json
 
 from tencentpretrain.training.errors import TrainingError
+from tencentpretrain.utils.files import read_json
 
 # What the shipped configs use; the plain backend trains with the same optimizer.
 DEFAULT_OPTIMIZER = {"type": "AdamW", "params": {"betas": [0.9, 0.95], "eps": 1e-8,
@@ -17,15 +18,7 @@ DEFAULT_GRADIENT_CLIPPING = 1.0
 def read_config(path):
     if path is None:
         return {}
-    try:
-        with open(path, encoding="utf-8") as f:
-            config = json.load(f)
-    except json.JSONDecodeError as e:
-        raise TrainingError(f"--deepspeed_config {path}:{e.lineno}: invalid JSON "
-                            f"({e.msg})") from None
-    if not isinstance(config, dict):
-        raise TrainingError(f"--deepspeed_config {path}: must be a JSON object")
-    return config
+    return read_json(path, TrainingError, f"--deepspeed_config {path}", expect=dict)
 
 
 def reconcile(args, config, world_size, refusal, say):

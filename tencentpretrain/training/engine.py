@@ -24,6 +24,7 @@ from tencentpretrain.data.batching import batch_to
 from tencentpretrain.training.ds_config import precision
 from tencentpretrain.training.errors import TrainingError
 from tencentpretrain.training.scheduler import build_scheduler
+from tencentpretrain.utils.files import atomic_path
 from tencentpretrain.utils.weights import load_state_dict_file, save_state_dict_file
 
 
@@ -106,9 +107,8 @@ class TorchBackend:
         folder = os.path.join(directory, tag)
         save_state_dict_file(self.model.state_dict(), os.path.join(folder, "model.bin"))
         state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
-        tmp = os.path.join(folder, f"training_states.pt.tmp-{os.getpid()}")
-        torch.save(state, tmp)
-        os.replace(tmp, os.path.join(folder, "training_states.pt"))
+        with atomic_path(os.path.join(folder, "training_states.pt")) as tmp:
+            torch.save(state, tmp)
 
     def load_checkpoint(self, directory, tag):
         folder = os.path.join(directory, tag)

@@ -8,8 +8,11 @@ import os
 
 import torch
 
+from tencentpretrain.errors import UserError
+from tencentpretrain.utils.files import atomic_path
 
-class WeightsError(ValueError):
+
+class WeightsError(UserError):
     """A weights file that is missing, unreadable or does not fit the model."""
 
 
@@ -50,7 +53,6 @@ def save_state_dict_file(state_dict, path):
     """Atomically write a state dict (``.safetensors`` by extension, else torch zip)."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
     seen = set()
     tensors = {}
     for name, tensor in state_dict.items():
@@ -59,23 +61,9 @@ def save_state_dict_file(state_dict, path):
             tensor = tensor.clone()
         seen.add(tensor.data_ptr())
         tensors[name] = tensor
-    state_dict = tensors
-    try:
+    with atomic_path(path) as tmp:
         if path.endswith(".safetensors"):
             from safetensors.torch import save_file
-            save_file(state_dict, tmp, metadata={"format": "pt"})
+            save_file(tensors, tmp, metadata={"format": "pt"})
         else:
-            torch.save(state_dict, tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # safetensors writes 0600; share like every file
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+            torch.save(tensors, tmp)
