@@ -25,7 +25,7 @@ import torch
 from tencentpretrain.model_builder import build_model, check_state_dict, vocab_size_of
 from tencentpretrain.training.errors import TrainingError
 from tencentpretrain.utils.files import atomic_path, read_json, write_text_atomic
-from tencentpretrain.utils.weights import WeightsError, load_state_dict_file, save_state_dict_file
+from tencentpretrain.utils.weights import LazyWeights, save_state_dict_file
 
 LATEST = "latest"
 
@@ -117,34 +117,6 @@ def _gathered(param, zero3, modifier_rank):
 
 def _unique_parameters(model):
     return list(model.named_parameters())  # tied weights appear once
-
-
-class LazyWeights:
-    """A weights file read one tensor at a time: torch zip files are memory-mapped,
-    safetensors opened lazily, so reading a 7B checkpoint never holds it all."""
-
-    def __init__(self, path):
-        self.path = path
-        if path.endswith(".safetensors"):
-            from safetensors import safe_open
-            if not os.path.isfile(path):
-                raise WeightsError(f"{path}: no such file")
-            try:
-                self._file = safe_open(path, framework="pt")
-            except Exception as e:  # noqa: BLE001 - safetensors raises several kinds
-                raise WeightsError(f"{path}: not a safetensors file ({e})") from None
-            self.shapes = {k: tuple(self._file.get_slice(k).get_shape()) for k in self._file.keys()}
-            self.tensor = self._file.get_tensor
-        else:
-            state = load_state_dict_file(path)  # mmap: tensors are paged in when touched
-            self.shapes = {k: tuple(v.shape) for k, v in state.items()}
-            self.tensor = state.__getitem__
-
-    def __getitem__(self, name):
-        return self.tensor(name)
-
-    def meta_state_dict(self):
-        return {k: torch.empty(shape, device="meta") for k, shape in self.shapes.items()}
 
 
 def open_pretrained(path, config):

@@ -4,6 +4,7 @@
 with safetensors. Saving writes beside the target and renames, so a save killed
 halfway never leaves a file that loads.
 """
+import contextlib
 import os
 
 import torch
@@ -19,16 +20,11 @@ class WeightsError(UserError):
 def load_state_dict_file(path, tensors_only=True):
     """A state dict from ``path``: tensors only for weights; ``tensors_only=False`` also
     admits the plain containers and numbers of optimizer states (still no pickled code)."""
-    if not os.path.exists(path):
-        raise WeightsError(f"{path}: no such file")
-    if os.path.isdir(path):
-        raise WeightsError(f"{path} is a directory, expected a .bin or .safetensors weights file")
+    _check_exists(path)
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file
-        try:
+        with _safetensors_errors(path):
             return load_file(path)
-        except Exception as e:  # noqa: BLE001 - safetensors raises several kinds
-            raise WeightsError(f"{path}: not a safetensors file ({e})") from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # noqa: BLE001 - retry without mmap (old non-zip format)
@@ -47,6 +43,47 @@ def load_state_dict_file(path, tensors_only=True):
     if tensors_only and not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightsError(f"{path}: not a state dict of tensors")
     return state
+
+
+def _check_exists(path):
+    if not os.path.exists(path):
+        raise WeightsError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise WeightsError(f"{path} is a directory, expected a .bin or .safetensors weights file")
+
+
+@contextlib.contextmanager
+def _safetensors_errors(path):
+    try:
+        yield
+    except Exception as e:  # noqa: BLE001 - safetensors raises several kinds
+        raise WeightsError(f"{path}: not a safetensors file ({e})") from None
+
+
+class LazyWeights:
+    """A weights file read one tensor at a time: torch zip files are memory-mapped,
+    safetensors opened lazily, so reading a 7B checkpoint never holds it all."""
+
+    def __init__(self, path):
+        self.path = path
+        if path.endswith(".safetensors"):
+            from safetensors import safe_open
+            _check_exists(path)
+            with _safetensors_errors(path):
+                self._file = safe_open(path, framework="pt")
+            self.shapes = {k: tuple(self._file.get_slice(k).get_shape()) for k in self._file.keys()}
+            self.tensor = self._file.get_tensor
+        else:
+            state = load_state_dict_file(path)  # mmap: tensors are paged in when touched
+            self.shapes = {k: tuple(v.shape) for k, v in state.items()}
+            self.tensor = state.__getitem__
+
+    def __getitem__(self, name):
+        return self.tensor(name)
+
+    def meta_state_dict(self):
+        return {k: torch.empty(shape, device="meta") for k, shape in self.shapes.items()}
+
 
 
 def save_state_dict_file(state_dict, path):
