@@ -39,3 +39,14 @@ def tiny_checkpoint(path, vocab_size=32000, config_path="models/llama/tiny_confi
     model = tencentpretrain.build_model(os.path.join(ROOT, config_path), vocab_size)
     save_state_dict_file(model.state_dict(), str(path))
     return os.path.join(ROOT, config_path)
+
+
+def one_process_settings(ds_config=None, learning_rate=1e-3, batch_size=4):
+    """RunSettings of a one-process run (TorchBackend) with this DeepSpeed config dict."""
+    import argparse
+
+    from tencentpretrain.training.settings import resolve
+    args = argparse.Namespace(deepspeed=False, enable_zero3=False, deepspeed_config=None,
+                              batch_size=batch_size, accumulation_steps=1,
+                              learning_rate=learning_rate)
+    return resolve(args, ds_config=ds_config or {})
