@@ -12,7 +12,7 @@ import torch
 
 from tencentpretrain.adapters import adapter_files, check_adapter, read_adapter, save_adapter
 from tencentpretrain.config import load_config
-from tencentpretrain.data import PROCESSORS, BatchIterator, TokenDataset
+from tencentpretrain.data import PROCESSORS, BatchIterator, Prefetcher, TokenDataset
 from tencentpretrain.layers.lora import (adapter_names, inject_lora,
                                          keep_grad_through_checkpoints)
 from tencentpretrain.model_builder import build_model
@@ -119,7 +119,11 @@ def _train(args):
         say(f"{args.dataset_path} is packed: every example attends, is positioned and is counted "
             f"as if alone")
 
-    loop(args, settings, backend, model, batches, start_step, dataset.seq_length)
+    batches = Prefetcher(batches, pin_memory=backend.device.type == "cuda")
+    try:
+        loop(args, settings, backend, model, batches, start_step, dataset.seq_length)
+    finally:
+        batches.close()
     backend.close()
 
 
