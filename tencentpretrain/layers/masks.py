@@ -14,7 +14,10 @@ With ``sliding_window`` W (Mistral) a query also sees at most the W most recent
 positions, itself included, in training and in cached generation alike; while the
 whole sequence fits in the window the plain causal path is kept.
 
-A mask is a bool tensor [batch, 1, queries, keys], True where attention is allowed.
+A mask is a bool tensor [batch, 1, queries, keys], True where attention is allowed, or, for
+packed samples on a GPU, a FlexAttention ``BlockMask`` (``document_block_mask``): block
+indices instead of seq^2 booleans, and blocks outside every example are never computed, so
+attention costs the sum of squared example lengths rather than seq^2.
 ``key_mask`` [batch, keys] marks real (not left-padded) keys during generation.
 Each query always sees itself, so a padded row never becomes an all-False row (NaN).
 """
@@ -54,6 +57,18 @@ def causal_document_mask(batch, seq, past=0, device=None, seg=None, key_mask=Non
         raise ValueError("causal_document masks apply to whole packed samples, not cached steps")
     same_document = seg[:, None, :, None] == seg[:, None, None, :]
     return _finish(_causal(batch, seq, 0, device, window) & same_document, seq, 0, key_mask), False
+
+
+def document_block_mask(seg, window=None):
+    """The ``causal_document`` pattern (and sliding window) as a FlexAttention BlockMask."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def same_document_causal(b, h, q, k):
+        allowed = (k <= q) & (seg[b, q] == seg[b, k])
+        return allowed & (k > q - window) if window is not None else allowed
+
+    batch, seq = seg.shape
+    return create_block_mask(same_document_causal, batch, None, seq, seq, device=seg.device)
 
 
 def document_positions(seg):
