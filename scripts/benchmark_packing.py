@@ -24,8 +24,8 @@ SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data")
 
 from tencentpretrain.config import config_from_dict  # noqa: E402
 from tencentpretrain.data import BatchIterator, TokenDataset, preprocess  # noqa: E402
-from tencentpretrain.training.ds_config import read_config, reconcile  # noqa: E402
-from tencentpretrain.training.engine import make_backend, precision_refusal  # noqa: E402
+from tencentpretrain.training.engine import make_backend  # noqa: E402
+from tencentpretrain.training.settings import Launch, resolve  # noqa: E402
 from tencentpretrain.training.options import _add_deepspeed_arguments  # noqa: E402
 from tencentpretrain.training.trainer import setup_model, train_step  # noqa: E402
 
@@ -54,9 +54,7 @@ def make_model(args, vocab_size):
         "heads_num": args.heads_num, "layers_num": args.layers_num,
         "max_seq_length": args.seq_length}, source="benchmark shape")
     args.accumulation_steps, args.learning_rate, args.enable_zero3 = 1, 1e-4, False
-    ds_config = reconcile(args, read_config(args.deepspeed_config), 1,
-                          lambda wanted: precision_refusal(args, wanted), lambda line: None)
-    backend = make_backend(args, ds_config)
+    backend = make_backend(resolve(args, launch=Launch()))
     return backend, setup_model(backend, config, vocab_size, seed=7, weights=None,
                                 checkpoint_layers=0, multiplier=lambda step: 1.0)
 

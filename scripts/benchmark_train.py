@@ -19,10 +19,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from tencentpretrain.config import ConfigError, config_from_dict, load_config  # noqa: E402
 from tencentpretrain.layers.lora import LoraConfig  # noqa: E402
 from tencentpretrain.training import TrainingError  # noqa: E402
-from tencentpretrain.training.ds_config import read_config, reconcile  # noqa: E402
-from tencentpretrain.training.engine import make_backend, precision_refusal  # noqa: E402
+from tencentpretrain.training.engine import make_backend  # noqa: E402
 from tencentpretrain.training.metrics import flops_per_token, peak_flops  # noqa: E402
 from tencentpretrain.training.options import _add_deepspeed_arguments  # noqa: E402
+from tencentpretrain.training.settings import Launch, read_config, resolve  # noqa: E402
 from tencentpretrain.training.trainer import setup_model, train_step  # noqa: E402
 
 
@@ -79,16 +79,13 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     args.accumulation_steps, args.learning_rate = 1, 1e-4
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank0 = int(os.environ.get("RANK", "0")) == 0
-    say = print if rank0 else (lambda line: None)
+    launch = Launch.from_environment(args.local_rank)
+    say = print if launch.rank == 0 else (lambda line: None)
     try:
         raw_config = read_config(args.deepspeed_config)
         if args.bf16:
             raw_config["bf16"] = {"enabled": True}
-        ds_config = reconcile(args, raw_config, world_size,
-                              lambda wanted: precision_refusal(args, wanted), say)
-        backend = make_backend(args, ds_config)
+        backend = make_backend(resolve(args, say, ds_config=raw_config, launch=launch))
         model = setup_model(backend, model_config(args), args.vocab_size, seed=7, weights=None,
                             checkpoint_layers=1 if args.deepspeed_checkpoint_activations else 0,
                             multiplier=lambda step: 1.0, compile_layers=args.compile,

@@ -6,11 +6,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tencentpretrain.config import ConfigError  # noqa: E402
 from tencentpretrain.convert import write_converted  # noqa: E402
 from tencentpretrain.convert.meta_llama import load_meta_checkpoint  # noqa: E402
 from tencentpretrain.utils.cli import run  # noqa: E402
-from tencentpretrain.utils.weights import WeightsError  # noqa: E402
 
 
 def main(argv=None):
@@ -30,7 +28,7 @@ def main(argv=None):
         config, state = load_meta_checkpoint(args.input_model_path, args.max_seq_length)
         write_converted(state, config, args.output_model_path, args.output_config_path)
 
-    run(convert, (WeightsError, ConfigError))
+    run(convert)
 
 
 if __name__ == "__main__":

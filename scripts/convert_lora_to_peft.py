@@ -9,7 +9,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tencentpretrain.adapters import check_adapter, read_adapter  # noqa: E402
-from tencentpretrain.config import ConfigError, load_config  # noqa: E402
+from tencentpretrain.config import load_config  # noqa: E402
 from tencentpretrain.convert.peft_lora import PEFT_CONFIG, write_peft_dir  # noqa: E402
 from tencentpretrain.utils.cli import run  # noqa: E402
 from tencentpretrain.utils.weights import WeightsError  # noqa: E402
@@ -22,7 +22,7 @@ def main(argv=None):
     parser.add_argument("--config_path", required=True, help="Model config JSON of the base.")
     parser.add_argument("--output_model_path", required=True, help="Output PEFT folder.")
     args = parser.parse_args(argv)
-    run(lambda: convert(args), (WeightsError, ConfigError))
+    run(lambda: convert(args))
 
 
 def convert(args):

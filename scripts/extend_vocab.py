@@ -7,10 +7,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tencentpretrain.config import ConfigError  # noqa: E402
-from tencentpretrain.tokenizer import TokenizerError  # noqa: E402
 from tencentpretrain.utils.cli import run  # noqa: E402
-from tencentpretrain.utils.weights import WeightsError  # noqa: E402
 from tencentpretrain.vocab.extend import INITS, extend_vocab  # noqa: E402
 
 
@@ -32,8 +29,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     run(lambda: extend_vocab(args.input_model_path, args.config_path, args.base_spm_model_path,
                              args.spm_model_path, args.output_model_path, args.init,
-                             args.pad_to_multiple_of),
-        (TokenizerError, WeightsError, ConfigError))
+                             args.pad_to_multiple_of))
 
 
 if __name__ == "__main__":

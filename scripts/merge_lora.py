@@ -8,12 +8,11 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tencentpretrain.adapters import check_adapter, read_adapter  # noqa: E402
-from tencentpretrain.config import ConfigError, load_config  # noqa: E402
+from tencentpretrain.config import load_config  # noqa: E402
 from tencentpretrain.layers.lora import merge_into_state_dict  # noqa: E402
 from tencentpretrain.model_builder import build_model, check_state_dict, vocab_size_of  # noqa: E402
 from tencentpretrain.utils.cli import run  # noqa: E402
-from tencentpretrain.utils.weights import (WeightsError, load_state_dict_file,  # noqa: E402
-                                           save_state_dict_file)
+from tencentpretrain.utils.weights import load_state_dict_file, save_state_dict_file  # noqa: E402
 
 
 def main(argv=None):
@@ -26,7 +25,7 @@ def main(argv=None):
     parser.add_argument("--output_model_path", required=True,
                         help="Merged weights (.safetensors by extension, else torch).")
     args = parser.parse_args(argv)
-    run(lambda: merge(args), (WeightsError, ConfigError))
+    run(lambda: merge(args))
 
 
 def merge(args):

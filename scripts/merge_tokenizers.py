@@ -6,7 +6,6 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tencentpretrain.tokenizer import TokenizerError  # noqa: E402
 from tencentpretrain.utils.cli import run  # noqa: E402
 from tencentpretrain.vocab.merge import (merge_tokenizers, read_texts,  # noqa: E402
                                          tokenization_stats)
@@ -24,7 +23,7 @@ def main(argv=None):
                         help="Text (.txt lines or .jsonl {\"text\"}) to report tokens per "
                              "character and per byte on, before and after.")
     args = parser.parse_args(argv)
-    run(lambda: merge(args), (TokenizerError,))
+    run(lambda: merge(args))
 
 
 def merge(args):

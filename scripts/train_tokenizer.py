@@ -6,7 +6,6 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tencentpretrain.tokenizer import TokenizerError  # noqa: E402
 from tencentpretrain.utils.cli import run  # noqa: E402
 from tencentpretrain.vocab.train import MODEL_TYPES, train_tokenizer  # noqa: E402
 
@@ -27,7 +26,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     run(lambda: train_tokenizer(args.corpus_path, args.vocab_size, args.output_spm_model_path,
                                 args.model_type, args.input_sentence_size,
-                                args.character_coverage), (TokenizerError,))
+                                args.character_coverage))
 
 
 if __name__ == "__main__":

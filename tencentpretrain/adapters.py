@@ -7,6 +7,7 @@ import os
 from tencentpretrain.config import ConfigError
 from tencentpretrain.convert.peft_lora import PEFT_CONFIG, read_peft_dir
 from tencentpretrain.layers.lora import LoraConfig
+from tencentpretrain.utils.files import read_json
 from tencentpretrain.utils.weights import WeightsError, load_state_dict_file, save_state_dict_file
 
 SUFFIX = ".safetensors"
@@ -42,11 +43,7 @@ def read_adapter(path, model_config):
     if not os.path.isfile(settings):
         raise WeightsError(f"{weights}: no {settings} beside it (r, alpha, targets); not a "
                            "LoRA adapter saved by pretrain.py --use_lora")
-    try:
-        with open(settings, encoding="utf-8") as f:
-            raw = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{settings}:{e.lineno}: invalid JSON ({e.msg})") from None
+    raw = read_json(settings, ConfigError, expect=dict)
     return LoraConfig.from_dict(raw, settings), load_state_dict_file(weights)
 
 

@@ -7,8 +7,11 @@ import json
 import os
 from dataclasses import dataclass, field, fields
 
+from tencentpretrain.errors import UserError
+from tencentpretrain.utils.files import read_json
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError):
     """A model config that cannot be built; the message is one line naming the file."""
 
 
@@ -37,6 +40,9 @@ class ModelConfig:
     rope_theta: float = 10000.0
     layernorm_eps: float = 1e-6
     tie_weights: bool = False
+    qkv_bias: bool = False  # biases on q/k/v only (Qwen2), whatever remove_transformer_bias says
+    rope_scaling: dict = None  # {"rope_type": "linear" | "llama3", "factor": ..., ...}
+    sliding_window: int = None  # attend to at most this many most recent positions (Mistral)
     source: str = "<dict>"  # where the config came from, for error messages
 
     @property
@@ -52,13 +58,47 @@ class ModelConfig:
 _IGNORED_KEYS = {"tgt_embedding", "tgt_vocab_size", "parameters_sharing",
                  "has_residual_attention", "share_embedding", "is_moe", "use_alibi"}
 _BOOL_KEYS = {"remove_transformer_bias", "remove_embedding_layernorm",
-              "rotary_position_embedding", "tie_weights"}
+              "rotary_position_embedding", "tie_weights", "qkv_bias"}
 _INT_KEYS = {"emb_size", "hidden_size", "feedforward_size", "heads_num", "layers_num",
-             "max_seq_length", "local_kv_heads_num"}
+             "max_seq_length", "local_kv_heads_num", "sliding_window"}
 _FLOAT_KEYS = {"dropout", "rope_theta", "layernorm_eps"}
 _STR_KEYS = {"encoder", "decoder", "mask", "feed_forward", "layernorm",
              "layernorm_positioning", "hidden_act"}
 _LIST_KEYS = {"embedding", "target"}
+_OPTIONAL_KEYS = {"local_kv_heads_num", "sliding_window", "rope_scaling"}
+# Required numbers of each RoPE scaling type (the names Hugging Face configs use).
+ROPE_SCALING_KEYS = {
+    "linear": ("factor",),
+    "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
+}
+
+
+def _check_rope_scaling(value, source):
+    """Normalise a rope_scaling object (``"type"`` is the older spelling of ``"rope_type"``)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ConfigError(f'"rope_scaling" in {source} must be an object or null, got {value!r}')
+    value = dict(value)
+    rope_type = value.pop("type", None) if "rope_type" not in value else value["rope_type"]
+    value.pop("type", None)
+    if rope_type not in ROPE_SCALING_KEYS:
+        raise ConfigError(f'"rope_scaling" in {source}: rope_type {rope_type!r} is not supported; '
+                          f"supported: {', '.join(ROPE_SCALING_KEYS)}")
+    value["rope_type"] = rope_type
+    for key in ROPE_SCALING_KEYS[rope_type]:
+        number = value.get(key)
+        if isinstance(number, bool) or not isinstance(number, (int, float)) or number <= 0:
+            raise ConfigError(f'"rope_scaling" in {source}: {rope_type} scaling needs a positive '
+                              f'number "{key}", got {number!r}')
+    unknown = set(value) - {"rope_type", *ROPE_SCALING_KEYS[rope_type]}
+    if unknown:
+        raise ConfigError(f'"rope_scaling" in {source}: unknown key "{sorted(unknown)[0]}" for '
+                          f"{rope_type} scaling")
+    if rope_type == "llama3" and value["high_freq_factor"] <= value["low_freq_factor"]:
+        raise ConfigError(f'"rope_scaling" in {source}: "high_freq_factor" must exceed '
+                          '"low_freq_factor"')
+    return value
 
 
 def _check_type(key, value, source):
@@ -68,13 +108,15 @@ def _check_type(key, value, source):
     if key in _BOOL_KEYS and not isinstance(value, bool):
         bad("true or false")
     if key in _INT_KEYS and (isinstance(value, bool) or not isinstance(value, int)):
-        if not (key == "local_kv_heads_num" and value is None):
+        if not (key in _OPTIONAL_KEYS and value is None):
             bad("an integer")
     if key in _FLOAT_KEYS and (isinstance(value, bool) or not isinstance(value, (int, float))):
         bad("a number")
     if key in _STR_KEYS and not isinstance(value, str):
         if not (key == "decoder" and value is None):
             bad("a string")
+    if key == "rope_scaling":
+        return _check_rope_scaling(value, source)
     if key in _LIST_KEYS:
         if isinstance(value, str):
             return [value]
@@ -116,6 +158,8 @@ def config_from_dict(raw, source="<dict>"):
     if cfg.rotary_position_embedding and cfg.head_dim % 2:
         raise ConfigError(f"rotary position embedding needs an even head size, got "
                           f"{cfg.head_dim} in {source}")
+    if cfg.rope_scaling and not cfg.rotary_position_embedding:
+        raise ConfigError(f'"rope_scaling" in {source} needs "rotary_position_embedding": true')
     return cfg
 
 
@@ -123,14 +167,7 @@ def load_config(path):
     """Read and validate a JSON model config; every problem is one ConfigError line."""
     if not os.path.isfile(path):
         raise ConfigError(f"--config_path {path}: no such file")
-    try:
-        with open(path, encoding="utf-8") as f:
-            raw = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: a model config must be a JSON object")
-    return config_from_dict(raw, source=path)
+    return config_from_dict(read_json(path, ConfigError, expect=dict), source=path)
 
 
 def save_config(config, path):

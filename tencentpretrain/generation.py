@@ -11,13 +11,14 @@ from dataclasses import dataclass
 
 import torch
 
+from tencentpretrain.errors import UserError
 from tencentpretrain.layers.kv_cache import KVCache
 from tencentpretrain.model_builder import load_model
 from tencentpretrain.prompts import build_prompt
 from tencentpretrain.tokenizer import load_tokenizer
 
 
-class GenerationError(ValueError):
+class GenerationError(UserError):
     """Sampling options or prompts that cannot be generated from; one line."""
 
 

@@ -81,12 +81,6 @@ def check_state_dict(model, state_dict, path):
             raise WeightsError(f"{path}: unexpected tensor {name} for config {model.config.source}")
 
 
-def load_weights(model, state_dict, path="<state dict>"):
-    check_state_dict(model, state_dict, path)
-    model.load_state_dict(state_dict, strict=not model.config.tie_weights)
-    return model
-
-
 def load_model(config_path, model_path=None, vocab_size=None, dtype=None, device=None,
                lora_model_path=None):
     """Build the model of ``config_path`` and load ``model_path`` into it.

@@ -12,15 +12,17 @@ Template file (``--prompt_template FILE``): a JSON object in the alpaca-lora for
 ``prompt_input`` with an empty input. The placeholders are replaced literally (no
 ``str.format``), so other braces in the text need no escaping. Other keys are ignored.
 """
-import json
 import re
 from typing import NamedTuple
+
+from tencentpretrain.errors import UserError
+from tencentpretrain.utils.files import read_json
 
 
 _PLACEHOLDER = re.compile(r"\{(instruction|input)\}")
 
 
-class TemplateError(ValueError):
+class TemplateError(UserError):
     """A prompt template file that cannot be used; the message is one line."""
 
 
@@ -56,14 +58,8 @@ def build_prompt(instruction, input_text="", template=None):
 
 def load_template(path):
     """Read a template file (format in the module docstring)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except OSError as e:
-        raise TemplateError(f"--prompt_template {path}: {e.strerror}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise TemplateError(f"--prompt_template {path}: not a JSON template file ({e})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("prompt_input"), str):
+    data = read_json(path, TemplateError, f"--prompt_template {path}", expect=dict)
+    if not isinstance(data.get("prompt_input"), str):
         raise TemplateError(f'--prompt_template {path}: needs a "prompt_input" string')
     with_input = data["prompt_input"]
     for placeholder in ("{instruction}", "{input}"):

@@ -15,10 +15,12 @@ attention and loss, so ``pad_id`` only has to be a valid embedding row: a Senten
 without a pad piece (LLaMA's) pads with unk, a tokenizer.json without a pad token with eos.
 """
 import hashlib
-import json
 import os
 
 import sentencepiece as spm
+
+from tencentpretrain.errors import UserError
+from tencentpretrain.utils.files import read_json
 
 SPM_OPTION, HF_OPTION = "--spm_model_path", "--tokenizer_path"
 HF_FILE = "tokenizer.json"
@@ -28,7 +30,7 @@ TOKEN_FILES = ("tokenizer_config.json", "special_tokens_map.json")
 ID_FILES = ("generation_config.json", "config.json")
 
 
-class TokenizerError(ValueError):
+class TokenizerError(UserError):
     """A tokenizer file that is missing or cannot be read; the message is one line."""
 
 
@@ -131,16 +133,6 @@ class SpmTokenizer(_Tokenizer):
         return self.sp.IdToPiece(int(token_id))
 
 
-def _read_json(path, what):
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise TokenizerError(f"{HF_OPTION}: {path}: {what} is not valid JSON ({e})") from None
-    except OSError as e:
-        raise TokenizerError(f"{HF_OPTION}: {path}: {e.strerror}") from None
-
-
 def _token_text(value):
     """A special token as tokenizer_config.json writes it: a string or an AddedToken dict."""
     return value.get("content") if isinstance(value, dict) else value
@@ -202,9 +194,9 @@ class HfTokenizer(_Tokenizer):
     @staticmethod
     def _read_files(folder):
         """The JSON files beside tokenizer.json that exist, by name ({} where absent)."""
-        return {name: (_read_json(os.path.join(folder, name), name)
-                       if os.path.isfile(os.path.join(folder, name)) else {})
-                for name in TOKEN_FILES + ID_FILES}
+        paths = {name: os.path.join(folder, name) for name in TOKEN_FILES + ID_FILES}
+        return {name: read_json(path, TokenizerError, f"{HF_OPTION}: {path}", expect=dict)
+                if os.path.isfile(path) else {} for name, path in paths.items()}
 
     def _post_processor_specials(self):
         """The ids the post-processor puts before and after a text (e.g. [bos], [])."""

@@ -26,3 +26,27 @@ def llama_spm(shared_data):
 @pytest.fixture(scope="session")
 def chinese_spm(shared_data):
     return os.path.join(shared_data, "cluecorpussmall_spm.model")
+
+
+def tiny_checkpoint(path, vocab_size=32000, config_path="models/llama/tiny_config.json", seed=0):
+    """Write a random tiny model as a .bin; returns its config path. Here, not in a test
+    module, so tests that need no transformers never skip along with one that does."""
+    import torch
+
+    import tencentpretrain
+    from tencentpretrain.utils.weights import save_state_dict_file
+    torch.manual_seed(seed)
+    model = tencentpretrain.build_model(os.path.join(ROOT, config_path), vocab_size)
+    save_state_dict_file(model.state_dict(), str(path))
+    return os.path.join(ROOT, config_path)
+
+
+def one_process_settings(ds_config=None, learning_rate=1e-3, batch_size=4):
+    """RunSettings of a one-process run (TorchBackend) with this DeepSpeed config dict."""
+    import argparse
+
+    from tencentpretrain.training.settings import resolve
+    args = argparse.Namespace(deepspeed=False, enable_zero3=False, deepspeed_config=None,
+                              batch_size=batch_size, accumulation_steps=1,
+                              learning_rate=learning_rate)
+    return resolve(args, ds_config=ds_config or {})

@@ -65,7 +65,7 @@ def test_alpaca_samples(alpaca_dataset):
 
 @pytest.mark.parametrize("damage, message", [
     (lambda d: os.remove(d / "meta.json"), "meta.json: missing"),
-    (lambda d: (d / "meta.json").write_text("{"), "meta.json: not valid JSON"),
+    (lambda d: (d / "meta.json").write_text("{"), "meta.json:1: invalid JSON"),
     (lambda d: edit_meta(d, format_version=99), "format_version 99 is not supported"),
     (lambda d: edit_meta(d, format="something-else"), "not a tencentpretrain-tokens dataset"),
     (lambda d: edit_meta(d, dtype="uint32"), r"shard_00000\.bin: \d+ bytes, expected \d+ .*truncated or foreign"),
@@ -177,3 +177,36 @@ def test_batch_iterator_sequential_and_prefix_loss(alpaca_dataset):
         assert batch["loss_mask"][row].nonzero().flatten().tolist() == list(range(sample.prompt_length - 1, n))
     with pytest.raises(DatasetError):
         BatchIterator(ds, batch_size=1, seed=0, world_size=100)
+
+
+def test_prefetcher_hands_out_the_same_batches_and_the_state_of_the_last_one(lm_dataset):
+    """Batches made ahead on a thread: same batches, and a state that resumes at the next batch
+    the consumer would see, not at the ones already made ahead."""
+    from tencentpretrain.data import Prefetcher
+    ds = TokenDataset(lm_dataset)
+    plain = BatchIterator(ds, batch_size=5, seed=3, pad_to=8)
+    ahead = Prefetcher(BatchIterator(ds, batch_size=5, seed=3, pad_to=8), depth=3)
+    try:
+        for _ in range(4):
+            expected, got = next(plain), next(ahead)
+            assert all(torch.equal(expected[k], got[k]) for k in ("input_ids", "labels", "loss_mask"))
+        assert ahead.state_dict() == plain.state_dict()
+        resumed = BatchIterator(ds, batch_size=5, seed=3, pad_to=8)
+        resumed.load_state_dict(ahead.state_dict())
+        assert torch.equal(next(resumed)["input_ids"], next(ahead)["input_ids"])
+    finally:
+        ahead.close()
+
+
+def test_prefetcher_raises_the_producer_error_in_the_consumer():
+    from tencentpretrain.data import Prefetcher
+
+    class Failing:
+        def state_dict(self):
+            return {}
+
+        def __next__(self):
+            raise DatasetError("shard 3 is truncated")
+
+    with pytest.raises(DatasetError, match="shard 3 is truncated"):
+        next(Prefetcher(Failing()))

@@ -12,8 +12,7 @@ import tencentpretrain
 from tencentpretrain.data import DatasetError, TokenDataset, collate, preprocess
 from tencentpretrain.evaluation import evaluate, evaluate_dataset
 from tencentpretrain.tokenizer import SpmTokenizer
-from tests.conftest import ROOT
-from tests.test_generate import tiny_checkpoint
+from tests.conftest import ROOT, tiny_checkpoint
 
 EVALUATE = os.path.join(ROOT, "inference", "evaluate_ppl.py")
 ALPACA = [('{"instruction": "Name a colour.", "input": "", "output": "Blue is a colour."}'),

@@ -1,7 +1,6 @@
 """What a new user pasting TencentPretrain command lines meets first: a DeepSpeed run
 without the launcher, a TencentPretrain dataset file, --log_path, a vocab_size key."""
 import json
-import os
 
 import pytest
 

@@ -17,7 +17,7 @@ from tencentpretrain.generation import (SamplingOptions, TextGenerator, apply_re
 from tencentpretrain.prompts import ALPACA_TEMPLATE, build_prompt
 from tencentpretrain.tokenizer import SpmTokenizer
 from tencentpretrain.utils.weights import save_state_dict_file
-from tests.conftest import ROOT
+from tests.conftest import ROOT, tiny_checkpoint
 
 transformers = pytest.importorskip("transformers")
 
@@ -38,14 +38,6 @@ def random_models(config_path, vocab_size, seed=0):
     ours = tencentpretrain.build_model(config, vocab_size).eval()
     ours.load_state_dict(hf_to_tencentpretrain(hf.state_dict(), config))
     return hf, ours
-
-
-def tiny_checkpoint(path, vocab_size=32000, config_path=TINY, seed=0):
-    """Write a random tiny model as a .bin; returns its config path."""
-    torch.manual_seed(seed)
-    model = tencentpretrain.build_model(os.path.join(ROOT, config_path), vocab_size)
-    save_state_dict_file(model.state_dict(), str(path))
-    return os.path.join(ROOT, config_path)
 
 
 @pytest.fixture(scope="module")

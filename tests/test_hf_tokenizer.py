@@ -316,7 +316,7 @@ def preprocess_error(argv, capsys):
     ("sentencepiece model", "goes to --spm_model_path"),
     ("unknown eos", "names eos_token '<nope>', which is not in tokenizer.json"),
     ("no eos", "no eos token"),
-    ("bad tokenizer_config.json", "tokenizer_config.json is not valid JSON"),
+    ("bad tokenizer_config.json", "tokenizer_config.json:1: invalid JSON"),
 ])
 def test_bad_tokenizer_path_is_a_one_line_error(tok, tmp_path, capsys, case, message, llama_spm):
     path = tmp_path / "t"

@@ -8,7 +8,6 @@ import sentencepiece as spm
 import tencentpretrain
 from tencentpretrain.convert.hf_tokenizer import write_hf_tokenizer
 from tencentpretrain.utils.weights import save_state_dict_file
-from tests.conftest import ROOT
 from tests.test_training_helpers import TINY
 from tests.test_vocab_helpers import english_texts, held_out_chinese, merged_tokenizer
 

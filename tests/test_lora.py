@@ -276,11 +276,10 @@ def test_adapter_that_does_not_fit_the_base(tmp_path):
 
 
 def test_optimizer_holds_only_trainable_parameters():
-    from tencentpretrain.training.ds_config import DEFAULT_OPTIMIZER
     from tencentpretrain.training.engine import TorchBackend
     from tencentpretrain.training.trainer import setup_model
-    optimizer = {**DEFAULT_OPTIMIZER, "params": {**DEFAULT_OPTIMIZER["params"], "lr": 1e-3}}
-    backend = TorchBackend(None, {"optimizer": optimizer})
+    from tests.conftest import one_process_settings
+    backend = TorchBackend(one_process_settings())
     model = setup_model(backend, load_config(TINY), VOCAB, 7, None, 0, lambda step: 1.0,
                         lora=LoraConfig(r=2, modules_to_save=("output",)))
     in_optimizer = {id(p) for group in backend.optimizer.param_groups for p in group["params"]}

@@ -125,3 +125,16 @@ def test_bad_folder_is_one_line_error(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         f'error: {tmp_path / "params.json"}: missing "n_layers"']
+
+
+def test_llama31_params_give_the_llama3_rope_scaling_and_the_shipped_config():
+    """Meta's LLaMA-3.1-8B params.json converts to exactly models/llama3.1/8b_config.json."""
+    from tencentpretrain.config import config_from_dict
+    from tencentpretrain.convert.meta_llama import config_from_meta
+    params = {"dim": 4096, "ffn_dim_multiplier": 1.3, "multiple_of": 1024, "n_heads": 32,
+              "n_kv_heads": 8, "n_layers": 32, "norm_eps": 1e-05, "rope_theta": 500000.0,
+              "use_scaled_rope": True, "vocab_size": 128256}
+    converted = config_from_dict(config_from_meta(params, max_seq_length=131072))
+    shipped = load_config(os.path.join(ROOT, "models", "llama3.1", "8b_config.json"))
+    assert converted == shipped.__class__(**{**shipped.__dict__, "source": "<dict>"})
+    assert config_from_meta({**params, "use_scaled_rope": False})["rope_scaling"] is None

@@ -14,8 +14,7 @@ import tencentpretrain
 from tencentpretrain.data import DatasetError, Sample, TokenDataset, collate, preprocess
 from tencentpretrain.data.packing import first_fit_decreasing
 from tencentpretrain.layers.masks import causal_document_mask, document_positions
-from tests.conftest import ROOT
-from tests.test_generate import tiny_checkpoint
+from tests.conftest import ROOT, tiny_checkpoint
 
 TINY_GQA = os.path.join(ROOT, "models", "llama", "tiny_gqa_config.json")
 SEQ_LENGTH = 512
@@ -205,3 +204,27 @@ def test_evaluate_ppl_packed_equals_unpacked(shared_data, llama_spm, tmp_path, c
         printed.append(capsys.readouterr().out.split())  # tokens: N  loss: L  perplexity: P
     assert printed[0][1] == printed[1][1] and int(printed[0][1]) > 1000
     assert float(printed[0][3]) == pytest.approx(float(printed[1][3]), rel=1e-5)
+
+
+@pytest.mark.parametrize("window", [None, 24])
+def test_block_sparse_isolation_equals_the_dense_mask(gqa_model, window):
+    """The GPU path (FlexAttention block mask, compiled) computes what the dense boolean mask
+    does; on CPU FlexAttention has no backward, so forward logits are compared here."""
+    from tencentpretrain.config import config_from_dict
+    config = config_from_dict({**{k: getattr(gqa_model.config, k) for k in (
+        "emb_size", "hidden_size", "feedforward_size", "heads_num", "layers_num",
+        "max_seq_length", "local_kv_heads_num", "rope_theta", "layernorm_eps")},
+        "sliding_window": window})
+    model = tencentpretrain.build_model(config, 32000).eval()
+    model.load_state_dict(gqa_model.state_dict())
+    seg = torch.tensor([[1] * 30 + [2] * 50 + [3] * 20, [1] * 60 + [0] * 40])
+    ids = torch.randint(0, 32000, (2, 100), generator=torch.Generator().manual_seed(0))
+    logits = {}
+    for block_sparse in (False, True):
+        model.encoder.block_sparse = block_sparse
+        with torch.no_grad():
+            logits[block_sparse] = model(ids, seg=seg, isolate_segments=True)
+    assert (logits[True] - logits[False]).abs().max().item() <= 1e-5
+    with torch.no_grad():
+        alone = model(ids[:1, 30:80])  # the second example of row 0, run by itself
+    assert (logits[True][:1, 30:80] - alone).abs().max().item() <= 1e-5

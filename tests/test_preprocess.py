@@ -157,7 +157,7 @@ def test_build_prompt_default_template():
 
 
 @pytest.mark.parametrize("content, message", [
-    ("not json", "not a JSON template file"),
+    ("not json", "invalid JSON"),
     ('{"prompt_no_input": "x"}', 'needs a "prompt_input" string'),
     ('{"prompt_input": "{instruction} only"}', '"prompt_input" lacks {input}'),
 ])
@@ -245,3 +245,19 @@ def test_cli_run_and_error(shared_data, llama_spm, tmp_path):
                  str(tmp_path / "missing.model"), "--dataset_path", str(tmp_path / "x"), "--no_progress")
     assert result.returncode == 2
     assert result.stderr == f"error: --spm_model_path {tmp_path / 'missing.model'}: no such file\n"
+
+
+@pytest.mark.parametrize("alias,name,corpus", [("llm_pretrain", "lm", "c4_demo.jsonl"),
+                                               ("llm_sft", "alpaca", "alpaca_zh_demo.json")])
+def test_tencentpretrain_processor_names_make_the_same_dataset(shared_data, llama_spm, tmp_path,
+                                                               alias, name, corpus):
+    """TencentPretrain's processor names are aliases: byte-identical shards, canonical meta."""
+    for processor in (alias, name):
+        run(os.path.join(shared_data, corpus), llama_spm, tmp_path / processor,
+            data_processor=processor, seq_length=128)
+    names = sorted(f for f in os.listdir(tmp_path / name) if f != "meta.json")
+    match, mismatch, errors = filecmp.cmpfiles(tmp_path / alias, tmp_path / name, names,
+                                               shallow=False)
+    assert names and match == names and not mismatch and not errors
+    for processor in (alias, name):
+        assert TokenDataset(str(tmp_path / processor)).data_processor == name

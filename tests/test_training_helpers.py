@@ -3,6 +3,7 @@
 import functools
 import os
 import re
+import socket
 import subprocess
 import sys
 import tempfile
@@ -63,11 +64,20 @@ def run_in_process(argv):
 
 def run_script(argv, launcher=None, timeout=600):
     """pretrain.py as a subprocess (under ``launcher``, e.g. ["deepspeed", "--num_gpus", "2"])."""
-    cmd = (launcher or [sys.executable]) + [os.path.join(ROOT, "pretrain.py")] + list(argv)
+    launcher = list(launcher or [sys.executable])
+    if launcher[0] == "deepspeed":  # a free rendezvous port: suites may run side by side
+        launcher[1:1] = ["--master_port", str(free_port())]
+    cmd = launcher + [os.path.join(ROOT, "pretrain.py")] + list(argv)
     env = dict(os.environ, PYTHONPATH=ROOT)
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(name, None)
     return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=timeout)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def logged_losses(text):

@@ -1,7 +1,5 @@
 """The pieces of training, in-process: loss mask, loss normalisation, activation
 checkpointing, schedules, and that the loss falls on a repeated batch."""
-import argparse
-
 import pytest
 import torch
 
@@ -9,9 +7,9 @@ import tencentpretrain
 from tencentpretrain.data import BatchIterator, TokenDataset
 from tencentpretrain.tokenizer import SpmTokenizer
 from tencentpretrain.training.engine import TorchBackend
-from tencentpretrain.training.ds_config import reconcile
 from tencentpretrain.training.loss import scaled_loss
 from tencentpretrain.training.scheduler import lr_multiplier
+from tests.conftest import one_process_settings
 from tests.test_training_helpers import LLAMA_SPM, TINY, datasets
 
 
@@ -81,10 +79,7 @@ def test_loss_falls_when_one_batch_is_repeated():
     torch.manual_seed(0)
     model = tencentpretrain.build_model(TINY, 32000)
     model.init_weights()
-    args = argparse.Namespace(batch_size=4, accumulation_steps=1, deepspeed_config=None,
-                              enable_zero3=False, deepspeed=False, learning_rate=3e-3)
-    config = reconcile(args, {}, 1, lambda wanted: None, print)  # the shipped optimizer defaults
-    backend = TorchBackend(None, config)
+    backend = TorchBackend(one_process_settings(learning_rate=3e-3))  # the shipped defaults
     backend.prepare(model.train(), lr_multiplier("constant_with_warmup", 30, 0.0))
     _, batch = alpaca_batch()
     losses = []
@@ -129,8 +124,8 @@ def test_weight_decay_shrinks_matrices_never_norms():
     model = tencentpretrain.build_model(TINY, 32000)
     model.init_weights()
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    backend = TorchBackend(None, {"optimizer": {"type": "AdamW", "params": {
-        "lr": 1e-3, "betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": 100.0}}})
+    backend = TorchBackend(one_process_settings({"optimizer": {"type": "AdamW", "params": {
+        "lr": 1e-3, "betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": 100.0}}}))
     backend.prepare(model.train(), lr_multiplier("constant", 1, 0.0))
     _, batch = alpaca_batch()
     loss_sum, count = backend.forward(batch)
@@ -158,3 +153,49 @@ def test_decay_groups_use_the_full_shapes_under_zero3():
     groups = optimizer_parameters(model, 0.1)
     assert [(len(g["params"]), g["weight_decay"]) for g in groups] == [(1, 0.1), (1, 0.0)]
     assert groups[0]["params"][0] is model.matrix and groups[1]["params"][0] is model.gain
+
+
+def test_mfu_flops_equal_a_hand_count_for_7b_and_its_lora():
+    """7B at seq 2048: per layer 4 x 4096^2 (attention) + 3 x 4096 x 11008 (gated FFN), 32
+    layers, plus the 32000 x 4096 output layer; the embedding lookup, norms are not matmuls."""
+    import os
+    from tencentpretrain.layers.lora import LoraConfig, inject_lora
+    from tencentpretrain.training.metrics import flops_per_token
+    from tests.conftest import ROOT
+    model = tencentpretrain.build_model(os.path.join(ROOT, "models", "llama", "7b_config.json"),
+                                        32000, device="meta")
+    matrices = 32 * (4 * 4096 * 4096 + 3 * 4096 * 11008) + 32000 * 4096
+    attention = 12 * 32 * 4096 * 2048
+    assert matrices == 6_607_077_376
+    assert flops_per_token(model, 2048) == 6 * matrices + attention == 42_863_689_728
+    inject_lora(model, LoraConfig(r=8))  # frozen base: no weight gradients, 4 per parameter
+    assert flops_per_token(model, 2048) == 4 * matrices + 6 * 19_988_480 + attention
+
+
+def test_settings_are_resolved_once_and_read_only():
+    """The launcher, the DeepSpeed config and the command line meet once; nothing is written
+    back into args, and what backends get are copies."""
+    import argparse
+    import dataclasses
+    from tencentpretrain.training.engine import Backend, DeepSpeedBackend
+    from tencentpretrain.training.settings import Launch, resolve
+    args = argparse.Namespace(deepspeed=False, enable_zero3=False, deepspeed_config="ds.json",
+                              batch_size=None, accumulation_steps=None, learning_rate=2e-4)
+    notes = []
+    settings = resolve(args, notes.append, launch=Launch(world_size=4), ds_config={
+        "train_micro_batch_size_per_gpu": 6, "gradient_accumulation_steps": 2,
+        "optimizer": {"type": "AdamW", "params": {"lr": 1e-3}}})
+    assert (settings.batch_size, settings.accumulation_steps, settings.global_batch) == (6, 2, 48)
+    assert args.batch_size is None and args.accumulation_steps is None
+    assert notes == ["note: --learning_rate 0.0002 overrides optimizer lr 0.001 of ds.json"]
+    settings.ds_config["optimizer"]["params"]["lr"] = 1.0
+    settings.optimizer["params"]["lr"] = 1.0
+    assert settings.ds_config["optimizer"]["params"]["lr"] == 2e-4
+    assert settings.ds_config["train_batch_size"] == 48
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.batch_size = 1
+    # one interface, no behaviour inherited from the other backend
+    assert issubclass(TorchBackend, Backend) and issubclass(DeepSpeedBackend, Backend)
+    assert not issubclass(DeepSpeedBackend, TorchBackend)
+    assert not Backend.__abstractmethods__ - set(vars(DeepSpeedBackend))
+    assert not Backend.__abstractmethods__ - set(vars(TorchBackend))

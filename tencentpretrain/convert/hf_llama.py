@@ -1,16 +1,20 @@
-"""Hugging Face LLaMA <-> TencentPretrain LLaMA, both ways, shapes from the configs.
+"""Hugging Face LLaMA-family checkpoints <-> ours, both ways, shapes from the configs.
+
+Families (``architectures`` in ``config.json``): ``LlamaForCausalLM`` (LLaMA 1/2/3/3.1,
+with ``rope_scaling``), ``Qwen2ForCausalLM`` (Qwen2/2.5: q/k/v biases, often tied
+embeddings) and ``MistralForCausalLM`` (sliding-window attention). Anything in a
+config or checkpoint that our model would not reproduce is refused with one line,
+never dropped: a converted model either matches transformers or is not written.
 
 Our checkpoints keep Meta's q/k row order (rotary on adjacent pairs); HF
-permutes q/k rows so rotary acts on the two halves of each head. ``_to_hf_rows``
-and ``_from_hf_rows`` are exact inverses, so HF -> ours -> HF is lossless.
+permutes q/k rows (and q/k biases) so rotary acts on the two halves of each head.
+``_to_hf_rows`` and ``_from_hf_rows`` are exact inverses, so HF -> ours -> HF is lossless.
 """
 import glob
-import json
 import os
 
-import torch
-
-from tencentpretrain.config import ModelConfig, config_from_dict
+from tencentpretrain.config import ConfigError, ModelConfig, config_from_dict
+from tencentpretrain.utils.files import read_json
 from tencentpretrain.utils.weights import WeightsError, load_state_dict_file
 
 _LAYER_MAP = {  # ours (per layer) -> HF (per layer)
@@ -24,72 +28,182 @@ _LAYER_MAP = {  # ours (per layer) -> HF (per layer)
     "layer_norm_1.weight": "input_layernorm.weight",
     "layer_norm_2.weight": "post_attention_layernorm.weight",
 }
+_QKV_BIAS_MAP = {  # configs with "qkv_bias": true (Qwen2)
+    "self_attn.linear_layers.0.bias": "self_attn.q_proj.bias",
+    "self_attn.linear_layers.1.bias": "self_attn.k_proj.bias",
+    "self_attn.linear_layers.2.bias": "self_attn.v_proj.bias",
+}
 _GLOBAL_MAP = {
     "embedding.word.embedding.weight": "model.embed_tokens.weight",
     "encoder.layer_norm.weight": "model.norm.weight",
     "target.lm.output_layer.weight": "lm_head.weight",
 }
+# HF architecture -> model_type; the family decides which config keys are read.
+ARCHITECTURES = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2",
+                 "MistralForCausalLM": "mistral"}
+# What an HF checkpoint may hold that our model recomputes instead (old rotary buffers).
+_RECOMPUTED = ("rotary_emb.inv_freq",)
 
 
 def _to_hf_rows(w, heads):
-    rows, cols = w.shape
-    return w.view(heads, rows // heads // 2, 2, cols).transpose(1, 2).reshape(rows, cols)
+    """Meta's rotary row order -> HF's, for a q/k weight [rows, cols] or bias [rows]."""
+    return w.unflatten(0, (heads, -1, 2)).transpose(1, 2).reshape(w.shape)
 
 
 def _from_hf_rows(w, heads):
-    rows, cols = w.shape
-    return w.view(heads, 2, rows // heads // 2, cols).transpose(1, 2).reshape(rows, cols)
+    return w.unflatten(0, (heads, 2, -1)).transpose(1, 2).reshape(w.shape)
 
 
-def config_from_hf(hf):
-    """Our ModelConfig from an HF LLaMA ``config.json`` dict."""
+def _rope_scaling_from_hf(hf):
+    """Our rope_scaling (None for plain RoPE) from ``rope_scaling`` (hub configs) or
+    ``rope_parameters`` (transformers >= 5); config_from_dict refuses unknown types."""
+    params = hf.get("rope_scaling") or hf.get("rope_parameters") or {}
+    params = {k: v for k, v in params.items() if k != "rope_theta"}
+    rope_type = params.get("rope_type", params.get("type", "default"))
+    return None if rope_type == "default" else params
+
+
+def _rope_theta_from_hf(hf):
+    return float(hf.get("rope_theta", (hf.get("rope_parameters") or {}).get("rope_theta",
+                                                                              10000.0)))
+
+
+def _refuse_unsupported(hf, family, source):
+    """One ConfigError line for every HF option our model would silently ignore."""
     heads = hf["num_attention_heads"]
-    return config_from_dict({
+    if hf.get("head_dim") not in (None, hf["hidden_size"] // heads):
+        raise ConfigError(f"{source}: head_dim {hf['head_dim']} differs from hidden_size / "
+                          f"num_attention_heads = {hf['hidden_size'] // heads}; not supported")
+    if hf.get("partial_rotary_factor", 1.0) != 1.0 or (
+            (hf.get("rope_parameters") or {}).get("partial_rotary_factor", 1.0) != 1.0):
+        raise ConfigError(f"{source}: partial_rotary_factor is not supported")
+    for key in ("attention_bias", "mlp_bias"):
+        if hf.get(key):
+            raise ConfigError(f"{source}: {key}=true is not supported for {family}")
+    if family == "qwen2" and (hf.get("use_sliding_window") or
+                              "sliding_attention" in (hf.get("layer_types") or [])):
+        raise ConfigError(f"{source}: Qwen2 sliding-window layers (use_sliding_window) are "
+                          "not supported")
+    if family == "llama" and hf.get("sliding_window"):
+        raise ConfigError(f"{source}: sliding_window is not supported for {family}")
+
+
+def config_from_hf(hf, source="Hugging Face config.json"):
+    """Our ModelConfig from an HF ``config.json`` dict of a supported family."""
+    architectures = hf.get("architectures") or []
+    if len(architectures) != 1 or architectures[0] not in ARCHITECTURES:
+        raise ConfigError(f"{source}: architectures {architectures} not supported; supported: "
+                          f"{', '.join(ARCHITECTURES)}")
+    family = ARCHITECTURES[architectures[0]]
+    for key in ("hidden_size", "intermediate_size", "num_attention_heads", "num_hidden_layers"):
+        if not isinstance(hf.get(key), int):
+            raise ConfigError(f'{source}: "{key}" missing or not an integer')
+    _refuse_unsupported(hf, family, source)
+    heads = hf["num_attention_heads"]
+    config = config_from_dict({
         "emb_size": hf["hidden_size"], "hidden_size": hf["hidden_size"],
         "feedforward_size": hf["intermediate_size"], "heads_num": heads,
         "layers_num": hf["num_hidden_layers"],
         "local_kv_heads_num": hf.get("num_key_value_heads") or heads,
         "max_seq_length": hf.get("max_position_embeddings", 2048),
         "layernorm_eps": hf.get("rms_norm_eps", 1e-6),
-        "rope_theta": float(hf.get("rope_theta", (hf.get("rope_parameters") or {}).get(
-            "rope_theta", 10000.0))),
+        "rope_theta": _rope_theta_from_hf(hf),
+        "rope_scaling": _rope_scaling_from_hf(hf),
         "tie_weights": bool(hf.get("tie_word_embeddings", False)),
         "hidden_act": hf.get("hidden_act", "silu"),
-    }, source="Hugging Face config.json")
+        "qkv_bias": family == "qwen2",
+        "sliding_window": hf.get("sliding_window") if family == "mistral" else None,
+    }, source=source)
+    from tencentpretrain.model_builder import check_registries
+    check_registries(config)
+    return config
+
+
+def hf_family(config: ModelConfig):
+    """The HF architecture that computes what ``config`` computes, or a ConfigError."""
+    exportable = {"embedding": ["word"], "encoder": "transformer", "feed_forward": "gated",
+                  "layernorm": "rms", "layernorm_positioning": "pre",
+                  "remove_transformer_bias": True, "rotary_position_embedding": True,
+                  "remove_embedding_layernorm": True}
+    for key, value in exportable.items():
+        if getattr(config, key) != value:
+            raise ConfigError(f'{config.source}: "{key}" {getattr(config, key)!r} has no Hugging '
+                              f"Face LLaMA-family equivalent (needs {value!r})")
+    if config.qkv_bias and config.sliding_window:
+        raise ConfigError(f"{config.source}: qkv_bias with sliding_window has no Hugging Face "
+                          "equivalent")
+    if config.qkv_bias:
+        return "Qwen2ForCausalLM"
+    return "MistralForCausalLM" if config.sliding_window else "LlamaForCausalLM"
 
 
 def config_to_hf(config: ModelConfig, vocab_size, bos_id=1, eos_id=2, dtype="float32"):
-    return {
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+    architecture = hf_family(config)
+    family = ARCHITECTURES[architecture]
+    hf = {
+        "architectures": [architecture], "model_type": family,
         "hidden_size": config.hidden_size, "intermediate_size": config.feedforward_size,
         "num_attention_heads": config.heads_num, "num_hidden_layers": config.layers_num,
         "num_key_value_heads": config.kv_heads_num, "head_dim": config.head_dim,
         "max_position_embeddings": config.max_seq_length, "rms_norm_eps": config.layernorm_eps,
-        "rope_theta": config.rope_theta, "tie_word_embeddings": config.tie_weights,
-        "hidden_act": config.hidden_act, "vocab_size": vocab_size,
-        "attention_bias": False, "mlp_bias": False, "initializer_range": 0.02,
+        "rope_theta": config.rope_theta,
+        "rope_scaling": dict(config.rope_scaling) if config.rope_scaling else None,  # a copy:
+        # transformers writes rope_theta into the rope dict it is given
+        "tie_word_embeddings": config.tie_weights,
+        "hidden_act": config.hidden_act, "vocab_size": vocab_size, "initializer_range": 0.02,
         "bos_token_id": bos_id, "eos_token_id": eos_id, "torch_dtype": dtype,
     }
+    if family == "llama":
+        hf.update(attention_bias=False, mlp_bias=False)
+    elif family == "qwen2":
+        hf.update(use_sliding_window=False, sliding_window=None,
+                  max_window_layers=config.layers_num)
+    else:
+        hf.update(sliding_window=config.sliding_window)
+    return hf
 
 
-def hf_to_tencentpretrain(hf_state, config: ModelConfig):
-    ours = {}
+def _layer_map(config):
+    return {**_LAYER_MAP, **(_QKV_BIAS_MAP if config.qkv_bias else {})}
+
+
+def _permuted_heads(name, config):
+    """Heads whose rows HF permutes for this tensor (q and k, weights and biases), or None."""
+    if ".linear_layers.0." in name:
+        return config.heads_num
+    if ".linear_layers.1." in name:
+        return config.kv_heads_num
+    return None
+
+
+def hf_to_tencentpretrain(hf_state, config: ModelConfig, source="Hugging Face checkpoint"):
+    """Our state dict from an HF one; a tensor this mapping does not place is an error.
+    Unpermuted tensors are shared, not copied, so bf16 stays bf16 and memory stays ~1x."""
+    ours, used = {}, set()
     for name, hf_name in _GLOBAL_MAP.items():
         if hf_name in hf_state:
             ours[name] = hf_state[hf_name]
+            used.add(hf_name)
     if config.tie_weights:
         ours.pop("target.lm.output_layer.weight", None)
+    elif "target.lm.output_layer.weight" not in ours:
+        raise WeightsError(f"{source} has no lm_head.weight, and the config does not tie it "
+                           "to the embedding")
     for i in range(config.layers_num):
-        for name, hf_name in _LAYER_MAP.items():
+        for name, hf_name in _layer_map(config).items():
             key = f"model.layers.{i}.{hf_name}"
             if key not in hf_state:
-                raise WeightsError(f"Hugging Face checkpoint has no tensor {key}")
+                raise WeightsError(f"{source} has no tensor {key}")
             tensor = hf_state[key]
-            if name.endswith("linear_layers.0.weight"):
-                tensor = _from_hf_rows(tensor, config.heads_num)
-            elif name.endswith("linear_layers.1.weight"):
-                tensor = _from_hf_rows(tensor, config.kv_heads_num)
+            heads = _permuted_heads(name, config)
+            if heads:
+                tensor = _from_hf_rows(tensor, heads)
             ours[f"encoder.transformer.{i}.{name}"] = tensor.contiguous()
+            used.add(key)
+    unknown = sorted(k for k in hf_state if k not in used and not k.endswith(_RECOMPUTED))
+    if unknown:
+        raise WeightsError(f"{source}: tensor {unknown[0]} has no place in the converted model "
+                           f"({len(unknown)} such tensors); refusing to drop it")
     return ours
 
 
@@ -101,30 +215,53 @@ def tencentpretrain_to_hf(state, config: ModelConfig):
     if config.tie_weights:
         hf.pop("lm_head.weight", None)
     for i in range(config.layers_num):
-        for name, hf_name in _LAYER_MAP.items():
+        for name, hf_name in _layer_map(config).items():
             tensor = state[f"encoder.transformer.{i}.{name}"]
-            if name.endswith("linear_layers.0.weight"):
-                tensor = _to_hf_rows(tensor, config.heads_num)
-            elif name.endswith("linear_layers.1.weight"):
-                tensor = _to_hf_rows(tensor, config.kv_heads_num)
+            heads = _permuted_heads(name, config)
+            if heads:
+                tensor = _to_hf_rows(tensor, heads)
             hf[f"model.layers.{i}.{hf_name}"] = tensor.contiguous()
     return hf
 
 
-def read_hf_folder(path):
-    """(config dict, state dict) of an HF LLaMA folder: safetensors or pytorch_model*.bin,
-    sharded or not."""
+def _weight_files(path):
+    """The weight files of an HF folder. A shard index names them exactly, so files that
+    sit beside the HF shards in hub folders (Mistral's ``consolidated.safetensors``) are
+    not read twice."""
+    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        index = os.path.join(path, index_name)
+        if os.path.isfile(index):
+            weight_map = read_json(index, WeightsError, expect=dict).get("weight_map")
+            if not isinstance(weight_map, dict):
+                raise WeightsError(f'{index}: no "weight_map" object; not a shard index')
+            files = [os.path.join(path, name) for name in sorted(set(weight_map.values()))]
+            missing = [f for f in files if not os.path.isfile(f)]
+            if missing:
+                raise WeightsError(f"{index} names {missing[0]}, which does not exist")
+            return files
+    for single in ("model.safetensors", "pytorch_model.bin"):
+        if os.path.isfile(os.path.join(path, single)):
+            return [os.path.join(path, single)]
+    files = sorted(glob.glob(os.path.join(path, "model-*.safetensors")) or
+                   glob.glob(os.path.join(path, "pytorch_model*.bin")))
+    if not files:
+        raise WeightsError(f"{path}: no model.safetensors, sharded safetensors with an index, "
+                           "or pytorch_model*.bin weights")
+    return files
+
+
+def read_hf_config(path):
     config_file = os.path.join(path, "config.json")
     if not os.path.isfile(config_file):
         raise WeightsError(f"{path}: no config.json; expected a Hugging Face model folder")
-    with open(config_file, encoding="utf-8") as f:
-        hf_config = json.load(f)
-    files = sorted(glob.glob(os.path.join(path, "*.safetensors")))
-    if not files:
-        files = sorted(glob.glob(os.path.join(path, "pytorch_model*.bin")))
-    if not files:
-        raise WeightsError(f"{path}: no *.safetensors or pytorch_model*.bin weights")
+    return read_json(config_file, ConfigError, expect=dict)
+
+
+def read_hf_folder(path):
+    """(config dict, state dict) of an HF model folder: safetensors or pytorch_model*.bin,
+    sharded (with or without an index) or not. Tensors keep their stored dtype."""
+    hf_config = read_hf_config(path)
     state = {}
-    for file in files:
+    for file in _weight_files(path):
         state.update(load_state_dict_file(file))
     return hf_config, state

@@ -5,13 +5,13 @@ is renaming plus merging the model-parallel shards: 13B and larger are split acr
 several files, each tensor along its own dimension (``_LAYER_MAP``/``_GLOBAL_MAP``).
 """
 import glob
-import json
 import os
 import re
 
 import torch
 
 from tencentpretrain.config import config_from_dict
+from tencentpretrain.utils.files import read_json
 from tencentpretrain.utils.weights import WeightsError
 
 # Meta name -> (our name, dimension the shards split it along; None = replicated)
@@ -47,11 +47,7 @@ def read_params(folder):
     path = os.path.join(folder, "params.json")
     if not os.path.isfile(path):
         raise WeightsError(f"{folder}: no params.json; expected a Meta LLaMA checkpoint folder")
-    try:
-        with open(path, encoding="utf-8") as f:
-            params = json.load(f)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise WeightsError(f"{path}: not JSON ({e})") from None
+    params = read_json(path, WeightsError, expect=dict)
     for key in ("dim", "n_layers", "n_heads", "norm_eps", "multiple_of"):
         if key not in params:
             raise WeightsError(f'{path}: missing "{key}"')
@@ -74,7 +70,18 @@ def config_from_meta(params, max_seq_length=2048):
         "layernorm": "rms", "hidden_act": "silu", "dropout": 0.0, "target": ["lm"],
         "layernorm_eps": params["norm_eps"], "rope_theta": float(params.get("rope_theta", 10000.0)),
         "tie_weights": False,
+        "rope_scaling": _meta_rope_scaling(params),
     }
+
+
+def _meta_rope_scaling(params):
+    """LLaMA-3.1+ ``use_scaled_rope``: Meta's reference code fixes the llama3 constants
+    (factor 8 unless ``rope_scaling_factor`` says otherwise, original context 8192)."""
+    if not params.get("use_scaled_rope"):
+        return None
+    return {"rope_type": "llama3", "factor": float(params.get("rope_scaling_factor", 8.0)),
+            "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192}
 
 
 def _our_name(meta_name):

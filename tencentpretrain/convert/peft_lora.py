@@ -12,6 +12,7 @@ from tencentpretrain.config import ConfigError, ModelConfig
 from tencentpretrain.convert.hf_llama import (_GLOBAL_MAP, _LAYER_MAP, _from_hf_rows,
                                               _to_hf_rows)
 from tencentpretrain.layers.lora import MODULES_TO_SAVE, TARGETS, LoraConfig
+from tencentpretrain.utils.files import read_json
 from tencentpretrain.utils.weights import WeightsError, load_state_dict_file
 
 PEFT_CONFIG = "adapter_config.json"
@@ -103,12 +104,7 @@ def _lora_config_from_peft(raw, source):
 def read_peft_dir(path, config: ModelConfig):
     """(LoraConfig, state dict in our names) of a PEFT adapter folder."""
     config_file = os.path.join(path, PEFT_CONFIG)
-    try:
-        with open(config_file, encoding="utf-8") as f:
-            raw = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{config_file}:{e.lineno}: invalid JSON ({e.msg})") from None
-    lora = _lora_config_from_peft(raw, config_file)
+    lora = _lora_config_from_peft(read_json(config_file, ConfigError, expect=dict), config_file)
     weights = os.path.join(path, PEFT_WEIGHTS)
     if not os.path.isfile(weights):
         weights = os.path.join(path, "adapter_model.bin")

@@ -70,8 +70,10 @@ def collate(samples, pad_id, prefix_lm_loss=False, pad_to=None):
 
 
 def batch_to(batch, device):
-    """The batch with its tensors on `device` (flags such as isolate_segments stay as they are)."""
-    return {name: value.to(device) if hasattr(value, "to") else value for name, value in batch.items()}
+    """The batch with its tensors on `device` (flags such as isolate_segments stay as they are);
+    asynchronous from pinned memory (``Prefetcher``)."""
+    return {name: value.to(device, non_blocking=True) if hasattr(value, "to") else value
+            for name, value in batch.items()}
 
 
 def _examples(sample):

@@ -4,7 +4,6 @@ Opening checks meta.json against every file (presence, size, dtype, shape), so a
 foreign or half-written dataset is refused with a DatasetError naming the file. Samples are
 read through np.memmap: memory does not grow with the dataset's size.
 """
-import json
 import os
 from typing import NamedTuple, Optional
 
@@ -12,6 +11,7 @@ import numpy as np
 
 from .format import (BIN, DOC, FORMAT_NAME, IDX, META_FILE, OFFSET_DTYPE, PACKED_FORMAT_VERSION,
                      PROMPT, PROMPT_DTYPE, READABLE_VERSIONS, DatasetError, numpy_dtype)
+from ..utils.files import read_json
 
 REQUIRED_META = ("format_version", "data_processor", "seq_length", "vocab_size", "dtype",
                  "bos_id", "eos_id", "pad_id", "tokenizer_sha256", "num_samples", "num_tokens",
@@ -29,13 +29,9 @@ def _load_meta(path):
     meta_path = os.path.join(path, META_FILE)
     if not os.path.isdir(path):
         raise DatasetError(f"{path}: no such dataset directory")
-    try:
-        with open(meta_path, encoding="utf-8") as f:
-            meta = json.load(f)
-    except FileNotFoundError:
-        raise DatasetError(f"{meta_path}: missing (not a dataset, or an interrupted run)") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DatasetError(f"{meta_path}: not valid JSON ({e})") from None
+    if not os.path.isfile(meta_path):
+        raise DatasetError(f"{meta_path}: missing (not a dataset, or an interrupted run)")
+    meta = read_json(meta_path, DatasetError)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
         raise DatasetError(f"{meta_path}: not a {FORMAT_NAME} dataset")
     if meta.get("format_version") not in READABLE_VERSIONS:

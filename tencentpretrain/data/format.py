@@ -10,6 +10,8 @@ import shutil
 
 import numpy as np
 
+from tencentpretrain.errors import UserError
+
 FORMAT_NAME = "tencentpretrain-tokens"
 FORMAT_VERSION = 1
 PACKED_FORMAT_VERSION = 2  # packed alpaca: readers of version 1 must refuse it, not ignore .doc.npy
@@ -22,7 +24,7 @@ OFFSET_DTYPE = np.dtype("<i8")
 PROMPT_DTYPE = np.dtype("<i4")
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError):
     """A dataset or corpus that cannot be written or read; the message is one line."""
 
 

@@ -9,7 +9,8 @@ import torch.nn as nn
 import torch.utils.checkpoint
 
 from tencentpretrain.layers import str2layernorm
-from tencentpretrain.layers.masks import causal_document_mask, document_positions, str2mask
+from tencentpretrain.layers.masks import (causal_document_mask, document_block_mask,
+                                          document_positions, str2mask)
 from tencentpretrain.layers.rotary import rotary_cos_sin
 from tencentpretrain.layers.transformer import TransformerLayer
 
@@ -31,6 +32,9 @@ class TransformerEncoder(nn.Module):
                                                               eps=config.layernorm_eps)
         self.checkpoint_layers_num = 0
         self.checkpoint_fn = _torch_checkpoint
+        # packed samples: FlexAttention block mask (True), dense boolean mask (False), or by
+        # device (None: block-sparse on CUDA; on CPU the dense mask into SDPA is as fast)
+        self.block_sparse = None
 
     def enable_activation_checkpointing(self, layers_per_checkpoint=1, checkpoint_fn=None):
         """Recompute every group of ``layers_per_checkpoint`` layers in backward.
@@ -41,6 +45,11 @@ class TransformerEncoder(nn.Module):
         self.checkpoint_layers_num = max(1, int(layers_per_checkpoint))
         if checkpoint_fn is not None:
             self.checkpoint_fn = checkpoint_fn
+
+    def block_sparse_isolation(self, hidden):
+        if self.config.dropout and self.training:
+            return False  # FlexAttention has no attention dropout
+        return self.block_sparse if self.block_sparse is not None else hidden.is_cuda
 
     def forward(self, hidden, seg=None, position_ids=None, key_mask=None, kv_cache=None,
                 isolate_segments=False):
@@ -56,9 +65,13 @@ class TransformerEncoder(nn.Module):
         rotary = None
         if self.config.rotary_position_embedding:
             rotary = rotary_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta,
-                                    hidden.device)
-        make_mask = causal_document_mask if isolated else self.make_mask
-        attn_mask, is_causal = make_mask(batch, seq, past, hidden.device, seg=seg, key_mask=key_mask)
+                                    hidden.device, self.config.rope_scaling)
+        if isolated and past == 0 and key_mask is None and self.block_sparse_isolation(hidden):
+            attn_mask, is_causal = document_block_mask(seg, self.config.sliding_window), False
+        else:
+            make_mask = causal_document_mask if isolated else self.make_mask
+            attn_mask, is_causal = make_mask(batch, seq, past, hidden.device, seg=seg,
+                                             key_mask=key_mask, window=self.config.sliding_window)
 
         layers = list(self.transformer)
         if self.checkpoint_layers_num and self.training and torch.is_grad_enabled():

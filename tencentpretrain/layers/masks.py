@@ -10,17 +10,27 @@
   sees the mask and the rotary angles it would see alone. Packed instruction samples
   (``preprocess.py --packing``) always get both, whatever the config's mask.
 
-A mask is a bool tensor [batch, 1, queries, keys], True where attention is allowed.
+With ``sliding_window`` W (Mistral) a query also sees at most the W most recent
+positions, itself included, in training and in cached generation alike; while the
+whole sequence fits in the window the plain causal path is kept.
+
+A mask is a bool tensor [batch, 1, queries, keys], True where attention is allowed, or, for
+packed samples on a GPU, a FlexAttention ``BlockMask`` (``document_block_mask``): block
+indices instead of seq^2 booleans, and blocks outside every example are never computed, so
+attention costs the sum of squared example lengths rather than seq^2.
 ``key_mask`` [batch, keys] marks real (not left-padded) keys during generation.
 Each query always sees itself, so a padded row never becomes an all-False row (NaN).
 """
 import torch
 
 
-def _causal(batch, seq, past, device):
+def _causal(batch, seq, past, device, window=None):
     query_pos = torch.arange(past, past + seq, device=device)[:, None]
     key_pos = torch.arange(past + seq, device=device)[None, :]
-    return (key_pos <= query_pos).expand(batch, 1, seq, past + seq)
+    allowed = key_pos <= query_pos
+    if window is not None:
+        allowed = allowed & (key_pos > query_pos - window)
+    return allowed.expand(batch, 1, seq, past + seq)
 
 
 def _finish(mask, seq, past, key_mask):
@@ -32,19 +42,33 @@ def _finish(mask, seq, past, key_mask):
     return mask
 
 
-def causal_mask(batch, seq, past=0, device=None, seg=None, key_mask=None):
-    if past == 0 and key_mask is None:
+def causal_mask(batch, seq, past=0, device=None, seg=None, key_mask=None, window=None):
+    if window is not None and past + seq <= window:
+        window = None  # nothing falls out of the window
+    if past == 0 and key_mask is None and window is None:
         return None, True
-    return _finish(_causal(batch, seq, past, device), seq, past, key_mask), False
+    return _finish(_causal(batch, seq, past, device, window), seq, past, key_mask), False
 
 
-def causal_document_mask(batch, seq, past=0, device=None, seg=None, key_mask=None):
+def causal_document_mask(batch, seq, past=0, device=None, seg=None, key_mask=None, window=None):
     if seg is None:
-        return causal_mask(batch, seq, past, device, key_mask=key_mask)
+        return causal_mask(batch, seq, past, device, key_mask=key_mask, window=window)
     if past:
         raise ValueError("causal_document masks apply to whole packed samples, not cached steps")
     same_document = seg[:, None, :, None] == seg[:, None, None, :]
-    return _finish(_causal(batch, seq, 0, device) & same_document, seq, 0, key_mask), False
+    return _finish(_causal(batch, seq, 0, device, window) & same_document, seq, 0, key_mask), False
+
+
+def document_block_mask(seg, window=None):
+    """The ``causal_document`` pattern (and sliding window) as a FlexAttention BlockMask."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def same_document_causal(b, h, q, k):
+        allowed = (k <= q) & (seg[b, q] == seg[b, k])
+        return allowed & (k > q - window) if window is not None else allowed
+
+    batch, seq = seg.shape
+    return create_block_mask(same_document_causal, batch, None, seq, seq, device=seg.device)
 
 
 def document_positions(seg):

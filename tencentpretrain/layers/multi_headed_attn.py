@@ -4,7 +4,9 @@ Parameter names follow TencentPretrain (``linear_layers`` = q, k, v;
 ``final_linear`` = output), so its LLaMA checkpoints load unchanged. With
 ``local_kv_heads_num`` < ``heads_num`` the k/v projections are smaller and SDPA
 broadcasts each k/v head over its query group (``enable_gqa``), no copies.
+``qkv_bias`` gives q/k/v (not the output) a bias, as Qwen2 has.
 """
+import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -12,7 +14,8 @@ from tencentpretrain.layers.rotary import apply_rotary
 
 
 class MultiHeadedAttention(nn.Module):
-    def __init__(self, hidden_size, heads_num, kv_heads_num, dropout, has_bias, layer_index):
+    def __init__(self, hidden_size, heads_num, kv_heads_num, dropout, has_bias, layer_index,
+                 qkv_bias=False):
         super().__init__()
         self.heads_num = heads_num
         self.kv_heads_num = kv_heads_num
@@ -21,9 +24,9 @@ class MultiHeadedAttention(nn.Module):
         self.dropout = dropout
         kv_size = kv_heads_num * self.head_dim
         self.linear_layers = nn.ModuleList([
-            nn.Linear(hidden_size, hidden_size, bias=has_bias),
-            nn.Linear(hidden_size, kv_size, bias=has_bias),
-            nn.Linear(hidden_size, kv_size, bias=has_bias),
+            nn.Linear(hidden_size, hidden_size, bias=has_bias or qkv_bias),
+            nn.Linear(hidden_size, kv_size, bias=has_bias or qkv_bias),
+            nn.Linear(hidden_size, kv_size, bias=has_bias or qkv_bias),
         ])
         self.final_linear = nn.Linear(hidden_size, hidden_size, bias=has_bias)
 
@@ -37,8 +40,24 @@ class MultiHeadedAttention(nn.Module):
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_index, k, v)
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, is_causal=is_causal and attn_mask is None,
-            dropout_p=self.dropout if self.training else 0.0,
-            enable_gqa=self.kv_heads_num != self.heads_num)
+        if attn_mask is not None and not torch.is_tensor(attn_mask):  # a FlexAttention BlockMask
+            out = flex_attention()(q, k, v, block_mask=attn_mask,
+                                   enable_gqa=self.kv_heads_num != self.heads_num)
+        else:
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=attn_mask, is_causal=is_causal and attn_mask is None,
+                dropout_p=self.dropout if self.training else 0.0,
+                enable_gqa=self.kv_heads_num != self.heads_num)
         return self.final_linear(out.transpose(1, 2).reshape(batch, seq, -1))
+
+
+_FLEX = None
+
+
+def flex_attention():
+    """FlexAttention, compiled once: uncompiled it materialises the whole score matrix."""
+    global _FLEX
+    if _FLEX is None:
+        from torch.nn.attention.flex_attention import flex_attention as kernel
+        _FLEX = torch.compile(kernel, dynamic=False)
+    return _FLEX

@@ -5,7 +5,8 @@ their log-softmax and, in backward, a zero-filled gradient of the same size (eac
 8 x 512 tokens x 32000). Here only one chunk of logits exists at a time: the forward pass
 computes each chunk's loss and, right away, its gradients with respect to hidden and weight;
 backward only scales them by the incoming gradient (the loss is a sum, so its gradient is
-linear in it). Same FLOPs as the plain version, no recomputation.
+linear in it). Same FLOPs as the plain version, no recomputation; and tokens the loss skips
+(padding, prompts under --prefix_lm_loss) get no logits at all.
 
 The weight must be whole when ``apply`` runs: under ZeRO-3 the caller gathers it first
 (``LmTarget`` does), and autograd hands the weight gradient to the parameter as usual.
@@ -92,5 +93,9 @@ def linear_cross_entropy(hidden, weight, labels, loss_mask):
     compute_dtype = (torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device)
                      else hidden.dtype)
     with_grads = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
-    return LinearCrossEntropy.apply(hidden.flatten(0, -2), weight, labels.flatten(),
-                                    loss_mask.flatten().bool(), compute_dtype, with_grads)
+    hidden, labels, loss_mask = hidden.flatten(0, -2), labels.flatten(), loss_mask.flatten().bool()
+    if not loss_mask.all():  # padding, prompts: no logits at all for tokens the loss skips
+        kept = loss_mask.nonzero().squeeze(1)
+        hidden, labels = hidden.index_select(0, kept), labels.index_select(0, kept)
+        loss_mask = torch.ones_like(labels, dtype=torch.bool)
+    return LinearCrossEntropy.apply(hidden, weight, labels, loss_mask, compute_dtype, with_grads)

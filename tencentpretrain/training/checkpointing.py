@@ -24,7 +24,8 @@ import torch
 
 from tencentpretrain.model_builder import build_model, check_state_dict, vocab_size_of
 from tencentpretrain.training.errors import TrainingError
-from tencentpretrain.utils.weights import WeightsError, load_state_dict_file, save_state_dict_file
+from tencentpretrain.utils.files import atomic_path, read_json, write_text_atomic
+from tencentpretrain.utils.weights import LazyWeights, save_state_dict_file
 
 LATEST = "latest"
 
@@ -50,12 +51,11 @@ def step_of(tag):
 def publish_final(weights_file, output_model_path):
     """The last weights also at ``output_model_path`` itself, the name a next stage can use
     without knowing the step (a hard link where the file system allows, else a copy)."""
-    tmp = f"{output_model_path}.tmp-{os.getpid()}"
-    try:
-        os.link(weights_file, tmp)
-    except OSError:
-        shutil.copyfile(weights_file, tmp)
-    os.replace(tmp, output_model_path)
+    with atomic_path(output_model_path) as tmp:
+        try:
+            os.link(weights_file, tmp)
+        except OSError:
+            shutil.copyfile(weights_file, tmp)
 
 
 _TEMPORARY = re.compile(r".+\.tmp-(\d+)")
@@ -117,34 +117,6 @@ def _gathered(param, zero3, modifier_rank):
 
 def _unique_parameters(model):
     return list(model.named_parameters())  # tied weights appear once
-
-
-class LazyWeights:
-    """A weights file read one tensor at a time: torch zip files are memory-mapped,
-    safetensors opened lazily, so reading a 7B checkpoint never holds it all."""
-
-    def __init__(self, path):
-        self.path = path
-        if path.endswith(".safetensors"):
-            from safetensors import safe_open
-            if not os.path.isfile(path):
-                raise WeightsError(f"{path}: no such file")
-            try:
-                self._file = safe_open(path, framework="pt")
-            except Exception as e:  # noqa: BLE001 - safetensors raises several kinds
-                raise WeightsError(f"{path}: not a safetensors file ({e})") from None
-            self.shapes = {k: tuple(self._file.get_slice(k).get_shape()) for k in self._file.keys()}
-            self.tensor = self._file.get_tensor
-        else:
-            state = load_state_dict_file(path)  # mmap: tensors are paged in when touched
-            self.shapes = {k: tuple(v.shape) for k, v in state.items()}
-            self.tensor = state.__getitem__
-
-    def __getitem__(self, name):
-        return self.tensor(name)
-
-    def meta_state_dict(self):
-        return {k: torch.empty(shape, device="meta") for k, shape in self.shapes.items()}
 
 
 def open_pretrained(path, config):
@@ -227,22 +199,13 @@ def set_rng_state(state):
         torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
 
 
-def _write_atomic(path, text):
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def trainer_state_path(directory, tag, rank):
     return os.path.join(directory, tag, f"trainer_state_rank{rank}.json")
 
 
 def save_trainer_state(directory, tag, rank, state):
     os.makedirs(os.path.join(directory, tag), exist_ok=True)
-    _write_atomic(trainer_state_path(directory, tag, rank), json.dumps(state))
+    write_text_atomic(trainer_state_path(directory, tag, rank), json.dumps(state))
 
 
 def load_trainer_state(directory, tag, rank):
@@ -254,12 +217,8 @@ def load_trainer_state(directory, tag, rank):
     if not os.path.isfile(path):
         raise TrainingError(f"--resume_from_checkpoint {directory}: {path} is missing (not a "
                             "pretrain.py checkpoint)")
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise TrainingError(f"--resume_from_checkpoint {directory}: {path} is not a trainer "
-                            f"state file ({e})") from None
+    return read_json(path, TrainingError, f"--resume_from_checkpoint {directory}: trainer state "
+                     f"{path}", expect=dict)
 
 
 def saved_world_size(directory):
@@ -302,7 +261,7 @@ def make_universal(directory, tag, say=print):
 
 
 def write_latest(directory, tag):
-    _write_atomic(os.path.join(directory, LATEST), tag)
+    write_text_atomic(os.path.join(directory, LATEST), tag)
 
 
 def read_latest(directory):

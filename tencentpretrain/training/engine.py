@@ -1,6 +1,7 @@
-"""Two backends behind one small interface, so the trainer never asks which it has.
+"""Two backends behind one small interface (``Backend``), so the trainer never asks
+which it has.
 
-    backend = make_backend(args, ds_config)      # processes, ranks, device
+    backend = make_backend(settings)             # processes, ranks, device
     with backend.model_context(): model = ...    # ZeRO-3: built partitioned
     backend.prepare(model, lr_multiplier)        # optimizer, scheduler, wrapping
     loss_sum, count = backend.forward(batch)
@@ -10,8 +11,10 @@
 
 ``TorchBackend`` is one process of plain PyTorch (debugging, benchmarks);
 ``DeepSpeedBackend`` hands processes, partitioning, precision and checkpoint
-layout to DeepSpeed. Both scale gradients the same way (``loss_divisor``).
+layout to DeepSpeed. Both scale gradients the same way (``loss_divisor``). Neither
+inherits behaviour from the other; both read the run's resolved ``RunSettings``.
 """
+import abc
 import contextlib
 import os
 import pickle
@@ -21,9 +24,9 @@ import torch
 import torch.distributed as dist
 
 from tencentpretrain.data.batching import batch_to
-from tencentpretrain.training.ds_config import precision
 from tencentpretrain.training.errors import TrainingError
 from tencentpretrain.training.scheduler import build_scheduler
+from tencentpretrain.utils.files import atomic_path
 from tencentpretrain.utils.weights import load_state_dict_file, save_state_dict_file
 
 
@@ -41,16 +44,71 @@ def optimizer_parameters(model, weight_decay):
     return [group for group in groups if group["params"]]
 
 
-class TorchBackend:
+class Backend(abc.ABC):
+    """What the trainer calls; attributes every backend sets: ``rank``, ``world_size``,
+    ``zero3``, ``device``, ``precision``, ``loss_divisor`` (what the backend divides each
+    micro-batch loss by before backward; see loss.py)."""
+
+    @abc.abstractmethod
+    def model_context(self):
+        """Context in which the model is built (ZeRO-3: partitioned as it is built)."""
+
+    @abc.abstractmethod
+    def checkpoint_fn(self):
+        """The activation-checkpoint function for the encoder, or None for torch's."""
+
+    @abc.abstractmethod
+    def prepare(self, model, lr_multiplier):
+        """Optimizer, scheduler and any wrapping of ``model``."""
+
+    @abc.abstractmethod
+    def forward(self, batch):
+        """(loss_sum, counted tokens) of one micro-batch."""
+
+    @abc.abstractmethod
+    def backward(self, loss):
+        """Once per micro-batch."""
+
+    @abc.abstractmethod
+    def step(self):
+        """Once per optimizer step; returns the gradient norm (float or 0-dim tensor)."""
+
+    @property
+    @abc.abstractmethod
+    def lr(self):
+        """The learning rate the next step uses."""
+
+    @abc.abstractmethod
+    def all_reduce_sum(self, tensor):
+        """Sum over ranks."""
+
+    @abc.abstractmethod
+    def barrier(self):
+        """Wait for every rank."""
+
+    @abc.abstractmethod
+    def close(self):
+        """Leave the process group, if any."""
+
+    @abc.abstractmethod
+    def save_checkpoint(self, directory, tag):
+        """Weights, optimizer and scheduler in this backend's layout."""
+
+    @abc.abstractmethod
+    def load_checkpoint(self, directory, tag):
+        """The inverse of save_checkpoint."""
+
+
+class TorchBackend(Backend):
     """One process, torch.optim.AdamW with the DeepSpeed config's settings; fp32 weights,
     bf16 autocast when the config asks for bf16 (and the device has it)."""
     rank, world_size, zero3 = 0, 1, False
     loss_divisor = 1  # loss.backward() applies the gradient as is
 
-    def __init__(self, args, ds_config):
-        self.ds_config = ds_config
+    def __init__(self, settings):
+        self.settings = settings
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.precision = precision(ds_config)
+        self.precision = settings.precision
         self.model = self.optimizer = self.scheduler = None
 
     def checkpoint_fn(self):
@@ -63,7 +121,7 @@ class TorchBackend:
         return contextlib.nullcontext()
 
     def prepare(self, model, lr_multiplier):
-        optimizer = self.ds_config["optimizer"]
+        optimizer = self.settings.optimizer
         if optimizer.get("type", "").lower() not in ("adam", "adamw"):
             raise TrainingError(f"the one-process backend trains with AdamW, not "
                                 f"{optimizer.get('type')!r}; run under --deepspeed")
@@ -74,7 +132,7 @@ class TorchBackend:
             optimizer_parameters(model, params.pop("weight_decay", 0.01)), **params,
             **adamw_kernel(self.device))
         self.scheduler = build_scheduler(self.optimizer, lr_multiplier)
-        self.clip = self.ds_config.get("gradient_clipping", 0.0)
+        self.clip = self.settings.gradient_clipping
 
     def forward(self, batch):
         with torch.autocast(self.device.type, torch.bfloat16, enabled=self.precision == "bf16"):
@@ -106,9 +164,8 @@ class TorchBackend:
         folder = os.path.join(directory, tag)
         save_state_dict_file(self.model.state_dict(), os.path.join(folder, "model.bin"))
         state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
-        tmp = os.path.join(folder, f"training_states.pt.tmp-{os.getpid()}")
-        torch.save(state, tmp)
-        os.replace(tmp, os.path.join(folder, "training_states.pt"))
+        with atomic_path(os.path.join(folder, "training_states.pt")) as tmp:
+            torch.save(state, tmp)
 
     def load_checkpoint(self, directory, tag):
         folder = os.path.join(directory, tag)
@@ -121,10 +178,10 @@ class TorchBackend:
         self.scheduler.load_state_dict(state["scheduler"])
 
 
-class DeepSpeedBackend(TorchBackend):
-    """DeepSpeed's engine; the config has already been reconciled (ds_config.reconcile)."""
+class DeepSpeedBackend(Backend):
+    """DeepSpeed's engine, with the config ``settings.resolve`` reconciled."""
 
-    def __init__(self, args, ds_config):
+    def __init__(self, settings):
         import deepspeed
         from deepspeed.accelerator import get_accelerator
         # DeepSpeed still calls torch.distributed functions torch has deprecated (not ours to fix)
@@ -132,23 +189,20 @@ class DeepSpeedBackend(TorchBackend):
                                 category=FutureWarning)
         deepspeed.init_distributed()
         self.deepspeed = deepspeed
-        self.ds_config = ds_config
-        self.zero3 = bool(args.enable_zero3)
-        self.config_path = args.deepspeed_config
+        self.settings = settings
+        self.ds_config = settings.ds_config
+        self.zero3 = settings.zero3
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
         accelerator = get_accelerator()
         self.device = torch.device("cpu")
         if accelerator.device_name() != "cpu":
-            local_rank = int(os.environ.get("LOCAL_RANK", max(args.local_rank, 0)))
-            accelerator.set_device(local_rank)
-            self.device = torch.device(accelerator.device_name(local_rank))
-        self.precision = precision(ds_config)
-        if self.device.type == "cuda":
-            _fuse_torch_adam(ds_config)
+            accelerator.set_device(settings.launch.local_rank)
+            self.device = torch.device(accelerator.device_name(settings.launch.local_rank))
+        self.precision = settings.precision
         # DeepSpeed divides each micro-batch loss by the accumulation steps and averages
         # gradients over ranks; the trainer multiplies this back (see loss.py).
-        self.loss_divisor = ds_config["gradient_accumulation_steps"] * self.world_size
-        self.engine = None
+        self.loss_divisor = settings.accumulation_steps * self.world_size
+        self.model = self.optimizer = self.scheduler = self.engine = None
 
     def model_context(self):
         if not self.zero3:
@@ -165,7 +219,7 @@ class DeepSpeedBackend(TorchBackend):
         except (ValueError, TypeError, AssertionError) as e:  # config DeepSpeed refuses
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise TrainingError(f"DeepSpeed refused --deepspeed_config "
-                                f"{self.config_path}: {first}") from None
+                                f"{self.settings.deepspeed_config_path}: {first}") from None
 
     def checkpoint_fn(self):
         """DeepSpeed's (reentrant) activation checkpoint, configured without partitioning."""
@@ -233,40 +287,5 @@ def adamw_kernel(device):
     return {"fused": True} if device.type in ("cuda", "cpu") else {}
 
 
-def _fuse_torch_adam(ds_config):
-    """With ``torch_adam`` DeepSpeed builds torch's AdamW from the config's params; on GPU
-    ask for its fused kernel (without ``torch_adam`` DeepSpeed uses its own FusedAdam)."""
-    optimizer = ds_config.get("optimizer", {})
-    params = optimizer.get("params", {})
-    if (optimizer.get("type", "").lower() in ("adam", "adamw") and params.get("torch_adam")
-            and "fused" not in params and "foreach" not in params):
-        params["fused"] = True
-
-
-def make_backend(args, ds_config):
-    return DeepSpeedBackend(args, ds_config) if args.deepspeed else TorchBackend(args, ds_config)
-
-
-def precision_refusal(args, wanted):
-    """Why the ``wanted`` precision (bf16/fp16) from the DeepSpeed config cannot be had
-    here, or None. The one-process backend does bf16 autocast where the device has bf16
-    arithmetic; DeepSpeed without a GPU (its CPU accelerator) trains in fp32."""
-    if args.deepspeed:
-        from deepspeed.accelerator import get_accelerator
-        if get_accelerator().device_name() == "cpu":
-            return "this machine has no GPU (DeepSpeed runs on its CPU accelerator)"
-        return None
-    if wanted == "fp16":
-        return "the one-process backend has no fp16 loss scaling"
-    if torch.cuda.is_available():
-        return None if torch.cuda.is_bf16_supported() else "this GPU has no bf16"
-    return None if _cpu_has_bf16() else "this CPU has no bf16 instructions"
-
-
-def _cpu_has_bf16():
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            flags = next((line for line in f if line.startswith("flags")), "")
-    except OSError:
-        return False
-    return "avx512_bf16" in flags.split() or "amx_bf16" in flags.split()
+def make_backend(settings):
+    return DeepSpeedBackend(settings) if settings.deepspeed else TorchBackend(settings)

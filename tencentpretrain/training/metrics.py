@@ -2,8 +2,11 @@
 
 Model FLOPs per trained token follow PaLM (Chowdhery et al. 2022, appendix B):
 6 x (parameters in matmuls) for forward and backward, plus 12 x layers x hidden x
-sequence for the attention scores and their weighted sum. Recomputation by
-activation checkpointing is not counted (that would be hardware FLOPs).
+sequence for the attention scores and their weighted sum. A frozen matrix (LoRA's
+base) costs 4, not 6: its backward computes the input gradient but no weight
+gradient. Norm gains and biases are not matmuls, and the embedding is a lookup
+unless it is tied to the output layer. Recomputation by activation checkpointing
+is not counted (that would be hardware FLOPs).
 """
 import time
 
@@ -21,10 +24,15 @@ def full_numel(param):
 
 def flops_per_token(model, seq_length):
     config = model.config
-    total = sum(full_numel(p) for p in {id(p): p for p in model.parameters()}.values())
-    embedding = full_numel(model.embedding.word.embedding.weight)
-    matmul_params = total if config.tie_weights else total - embedding  # lookups are free
-    return 6 * matmul_params + 12 * config.layers_num * config.hidden_size * seq_length
+    lookup = model.embedding.word.embedding.weight
+    flops = 12 * config.layers_num * config.hidden_size * seq_length
+    for param in {id(p): p for p in model.parameters()}.values():
+        if len(getattr(param, "ds_shape", param.shape)) < 2:
+            continue
+        if param is lookup and not config.tie_weights:
+            continue
+        flops += (6 if param.requires_grad else 4) * full_numel(param)
+    return flops
 
 
 def peak_flops(override_tflops=None):

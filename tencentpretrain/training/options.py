@@ -14,6 +14,7 @@ from tencentpretrain.tokenizer import add_tokenizer_options
 from tencentpretrain.training.errors import TrainingError
 from tencentpretrain.training.logs import LEVELS
 from tencentpretrain.training.scheduler import SCHEDULERS
+from tencentpretrain.training.settings import Launch
 
 
 def build_parser():
@@ -201,8 +202,9 @@ def check_args(args):
     if args.enable_zero3 and not args.deepspeed:
         raise TrainingError("--enable_zero3 needs --deepspeed (ZeRO-3 is DeepSpeed's)")
     _check_lora_args(args)
-    if not args.deepspeed and _launched_ranks() > 1:
-        raise TrainingError(f"{_launched_ranks()} ranks were launched without --deepspeed; "
+    ranks = Launch.from_environment().world_size
+    if not args.deepspeed and ranks > 1:
+        raise TrainingError(f"{ranks} ranks were launched without --deepspeed; "
                             "add --deepspeed --deepspeed_config, or run one process")
     return args
 
@@ -224,7 +226,3 @@ def _check_lora_args(args):
                                 f"{args.lora_pretrained_model_path}: no such file or folder")
     else:
         lora_config(args)  # bad values fail now, before any file is read
-
-
-def _launched_ranks():
-    return int(os.environ.get("WORLD_SIZE", "1"))

@@ -6,21 +6,19 @@ that starts also finishes (or stops on a non-finite loss, naming the step).
 import math
 import os
 import random
-import socket
 
 import numpy as np
 import torch
 
 from tencentpretrain.adapters import adapter_files, check_adapter, read_adapter, save_adapter
 from tencentpretrain.config import load_config
-from tencentpretrain.data import PROCESSORS, BatchIterator, TokenDataset
+from tencentpretrain.data import PROCESSORS, BatchIterator, Prefetcher, TokenDataset
 from tencentpretrain.layers.lora import (adapter_names, inject_lora,
                                          keep_grad_through_checkpoints)
 from tencentpretrain.model_builder import build_model
 from tencentpretrain.tokenizer import load_tokenizer
 from tencentpretrain.training import checkpointing as ckpt
-from tencentpretrain.training.ds_config import read_config, reconcile
-from tencentpretrain.training.engine import make_backend, precision_refusal
+from tencentpretrain.training.engine import make_backend
 from tencentpretrain.training.errors import TrainingError
 from tencentpretrain.training.logs import LOGGER, close_logging, setup_logging
 from tencentpretrain.training.loss import count_tokens, scaled_loss
@@ -29,33 +27,11 @@ from tencentpretrain.training.metrics import (Throughput, flops_per_token, full_
 from tencentpretrain.training.options import check_args, lora_config
 from tencentpretrain.training.reporting import Reporter
 from tencentpretrain.training.scheduler import lr_multiplier
-
-
-def launched_rank():
-    return int(os.environ.get("RANK", "0"))
-
-
-def launched_world_size():
-    """What the launcher (deepspeed, torchrun) started, from its environment."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
+from tencentpretrain.training.settings import Launch, resolve, single_rank_environment
 
 
 def say(line):
     LOGGER.info(line)  # rank 0 only (see logs.py)
-
-
-def single_rank_environment():
-    """``python3 pretrain.py --deepspeed`` without a launcher: the rendezvous variables
-    ``torchrun --nproc_per_node 1`` would set, so DeepSpeed runs one rank instead of
-    probing for MPI."""
-    if any(name in os.environ for name in ("RANK", "WORLD_SIZE", "OMPI_COMM_WORLD_SIZE")):
-        return False
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1",
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    return True
 
 
 def check_data(args, dataset, tokenizer, config, vocab_size):
@@ -86,7 +62,7 @@ def seed_everything(seed):
 
 
 def train(args):
-    setup_logging(launched_rank(), args.log_level, args.log_path,
+    setup_logging(Launch.from_environment().rank, args.log_level, args.log_path,
                   args.log_file_level)
     try:
         _train(args)
@@ -98,22 +74,18 @@ def _train(args):
     check_args(args)
     if args.deepspeed and single_rank_environment():
         say("note: not started by a launcher (deepspeed, torchrun); running one rank")
-    if launched_rank() == 0:
+    launch = Launch.from_environment(args.local_rank)
+    if launch.rank == 0:
         for path in ckpt.remove_stale_temporaries(args.output_model_path):
             say(f"removed {path}, left by a save that was killed")
-    world_size = launched_world_size()
-    if args.world_size is not None and args.world_size != world_size:
+    if args.world_size is not None and args.world_size != launch.world_size:
         raise TrainingError(f"--world_size {args.world_size}, but the launcher started "
-                            f"{world_size} rank(s); fix --world_size or the launcher's "
+                            f"{launch.world_size} rank(s); fix --world_size or the launcher's "
                             "--num_gpus/--num_nodes/hostfile")
-    ds_config = reconcile(args, read_config(args.deepspeed_config), world_size,
-                          lambda wanted: precision_refusal(args, wanted), say)
-    saved_world_size = None
-    if args.resume_from_checkpoint:
-        saved_world_size = ckpt.saved_world_size(args.resume_from_checkpoint)
-        if saved_world_size != world_size and args.deepspeed:
-            # another rank count: DeepSpeed re-partitions from its universal checkpoint
-            ds_config.setdefault("checkpoint", {})["load_universal"] = True
+    # another rank count than the checkpoint's: DeepSpeed re-partitions its universal layout
+    load_universal = bool(args.resume_from_checkpoint and args.deepspeed and
+                          ckpt.saved_world_size(args.resume_from_checkpoint) != launch.world_size)
+    settings = resolve(args, say, launch=launch, load_universal=load_universal)
 
     tokenizer = load_tokenizer(args.spm_model_path, args.tokenizer_path)
     dataset = TokenDataset(args.dataset_path)
@@ -125,7 +97,7 @@ def _train(args):
 
     lora, adapter = open_lora(args, config, vocab_size) if args.use_lora else (None, None)
 
-    backend = make_backend(args, ds_config)
+    backend = make_backend(settings)
     if args.resume_from_checkpoint and lora is None:
         weights = None  # the checkpoint's weights replace them (a frozen base is not in it)
     checkpoint_layers = (args.deepspeed_checkpoint_layers_num
@@ -134,12 +106,12 @@ def _train(args):
                         lr_multiplier(args.scheduler, args.total_steps, args.warmup,
                                       args.lr_decay), lora, adapter, compile_layers=args.compile)
 
-    batches = BatchIterator(dataset, args.batch_size, args.seed, backend.rank, backend.world_size,
+    batches = BatchIterator(dataset, settings.batch_size, args.seed, backend.rank, backend.world_size,
                             prefix_lm_loss=args.prefix_lm_loss)
     start_step = resume(args, backend, batches) if args.resume_from_checkpoint else 0
     say(f"training {model.config.source}: {parameter_summary(model)}, "
-        f"{backend.world_size} rank(s), {backend.precision}, batch {args.batch_size}"
-        f" x {args.accumulation_steps} accumulation x {backend.world_size} ranks, steps "
+        f"{backend.world_size} rank(s), {backend.precision}, batch {settings.batch_size}"
+        f" x {settings.accumulation_steps} accumulation x {backend.world_size} ranks, steps "
         f"{start_step + 1}..{args.total_steps}")
     if backend.zero3:
         say(partition_summary(model))
@@ -147,7 +119,11 @@ def _train(args):
         say(f"{args.dataset_path} is packed: every example attends, is positioned and is counted "
             f"as if alone")
 
-    loop(args, backend, model, batches, start_step, dataset.seq_length)
+    batches = Prefetcher(batches, pin_memory=backend.device.type == "cuda")
+    try:
+        loop(args, settings, backend, model, batches, start_step, dataset.seq_length)
+    finally:
+        batches.close()
     backend.close()
 
 
@@ -261,14 +237,14 @@ def train_step(backend, micro_batches):
     return step_loss, counted, tokens, grad_norm
 
 
-def loop(args, backend, model, batches, start_step, seq_length):
+def loop(args, settings, backend, model, batches, start_step, seq_length):
     reporter = Reporter(backend.rank, args.total_steps, start_step, args.tensorboard_dir)
     throughput = Throughput(flops_per_token(model, seq_length), backend.world_size,
                             peak_flops(args.peak_tflops))
     window_loss, window_tokens = 0.0, 0
     try:
         for step in range(start_step + 1, args.total_steps + 1):
-            micro_batches = [next(batches) for _ in range(args.accumulation_steps)]
+            micro_batches = [next(batches) for _ in range(settings.accumulation_steps)]
             lr = backend.lr
             step_loss, counted, tokens, grad_norm = train_step(backend, micro_batches)
             if not math.isfinite(step_loss):

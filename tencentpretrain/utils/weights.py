@@ -4,28 +4,27 @@
 with safetensors. Saving writes beside the target and renames, so a save killed
 halfway never leaves a file that loads.
 """
+import contextlib
 import os
 
 import torch
 
+from tencentpretrain.errors import UserError
+from tencentpretrain.utils.files import atomic_path
 
-class WeightsError(ValueError):
+
+class WeightsError(UserError):
     """A weights file that is missing, unreadable or does not fit the model."""
 
 
 def load_state_dict_file(path, tensors_only=True):
     """A state dict from ``path``: tensors only for weights; ``tensors_only=False`` also
     admits the plain containers and numbers of optimizer states (still no pickled code)."""
-    if not os.path.exists(path):
-        raise WeightsError(f"{path}: no such file")
-    if os.path.isdir(path):
-        raise WeightsError(f"{path} is a directory, expected a .bin or .safetensors weights file")
+    _check_exists(path)
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file
-        try:
+        with _safetensors_errors(path):
             return load_file(path)
-        except Exception as e:  # noqa: BLE001 - safetensors raises several kinds
-            raise WeightsError(f"{path}: not a safetensors file ({e})") from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # noqa: BLE001 - retry without mmap (old non-zip format)
@@ -46,11 +45,51 @@ def load_state_dict_file(path, tensors_only=True):
     return state
 
 
+def _check_exists(path):
+    if not os.path.exists(path):
+        raise WeightsError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise WeightsError(f"{path} is a directory, expected a .bin or .safetensors weights file")
+
+
+@contextlib.contextmanager
+def _safetensors_errors(path):
+    try:
+        yield
+    except Exception as e:  # noqa: BLE001 - safetensors raises several kinds
+        raise WeightsError(f"{path}: not a safetensors file ({e})") from None
+
+
+class LazyWeights:
+    """A weights file read one tensor at a time: torch zip files are memory-mapped,
+    safetensors opened lazily, so reading a 7B checkpoint never holds it all."""
+
+    def __init__(self, path):
+        self.path = path
+        if path.endswith(".safetensors"):
+            from safetensors import safe_open
+            _check_exists(path)
+            with _safetensors_errors(path):
+                self._file = safe_open(path, framework="pt")
+            self.shapes = {k: tuple(self._file.get_slice(k).get_shape()) for k in self._file.keys()}
+            self.tensor = self._file.get_tensor
+        else:
+            state = load_state_dict_file(path)  # mmap: tensors are paged in when touched
+            self.shapes = {k: tuple(v.shape) for k, v in state.items()}
+            self.tensor = state.__getitem__
+
+    def __getitem__(self, name):
+        return self.tensor(name)
+
+    def meta_state_dict(self):
+        return {k: torch.empty(shape, device="meta") for k, shape in self.shapes.items()}
+
+
+
 def save_state_dict_file(state_dict, path):
     """Atomically write a state dict (``.safetensors`` by extension, else torch zip)."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
     seen = set()
     tensors = {}
     for name, tensor in state_dict.items():
@@ -59,23 +98,9 @@ def save_state_dict_file(state_dict, path):
             tensor = tensor.clone()
         seen.add(tensor.data_ptr())
         tensors[name] = tensor
-    state_dict = tensors
-    try:
+    with atomic_path(path) as tmp:
         if path.endswith(".safetensors"):
             from safetensors.torch import save_file
-            save_file(state_dict, tmp, metadata={"format": "pt"})
+            save_file(tensors, tmp, metadata={"format": "pt"})
         else:
-            torch.save(state_dict, tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # safetensors writes 0600; share like every file
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+            torch.save(tensors, tmp)
