@@ -39,19 +39,9 @@ def evaluate(model, dataset, batch_size=8, prefix_lm_loss=False):
     return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "tokens": tokens}
 
 
-def check_dataset_fits(dataset, model, tokenizer):
-    """The dataset must have been made with this tokenizer, for this vocabulary."""
-    if dataset.vocab_size > model.vocab_size:
-        raise DatasetError(f"{dataset.path} has a vocabulary of {dataset.vocab_size} tokens, "
-                           f"the model only {model.vocab_size}")
-    if dataset.tokenizer_sha256 != tokenizer.sha256:
-        raise DatasetError(f"{dataset.path} was made with another tokenizer than "
-                           f"{tokenizer.source}")
-
-
 def evaluate_dataset(model, tokenizer, dataset_path, batch_size=8, prefix_lm_loss=False):
     dataset = TokenDataset(dataset_path)
-    check_dataset_fits(dataset, model, tokenizer)
+    dataset.check_fits(tokenizer, model.vocab_size)
     return evaluate(model, dataset, batch_size, prefix_lm_loss)
 
 

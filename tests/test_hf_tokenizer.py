@@ -20,7 +20,6 @@ from tencentpretrain.generation import (GenerationError, SamplingOptions, TextGe
                                         load_model_and_tokenizer, unescape_line)
 from tencentpretrain.prompts import ALPACA_TEMPLATE, build_prompt
 from tencentpretrain.tokenizer import TokenizerError, load_tokenizer
-from tencentpretrain.training.errors import TrainingError
 from tests.test_training_helpers import TINY, logged_losses, run_in_process
 
 TEXTS = ["Hello world", "北京是中国的首都。", "混合 text: GPU 显存 24GB, 价格 ¥1999!",
@@ -238,7 +237,7 @@ def test_pretrain_from_a_tokenizer_json_dataset_lowers_the_loss(trained):
 
 
 def test_sha256_guard_rejects_a_dataset_of_another_tokenizer(tok, trained):
-    with pytest.raises(TrainingError, match=r"made with another tokenizer than --tokenizer_path"):
+    with pytest.raises(DatasetError, match=r"made with another tokenizer than --tokenizer_path"):
         run_in_process(["--dataset_path", str(trained / "ds"), "--tokenizer_path", tok["llama3"],
                         "--config_path", TINY, "--output_model_path", str(trained / "other"),
                         "--total_steps", "1"])

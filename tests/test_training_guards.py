@@ -7,7 +7,7 @@ import torch
 
 import tencentpretrain
 from tencentpretrain.data import DatasetError
-from tencentpretrain.training import TrainingError
+from tencentpretrain.errors import UserError
 from tencentpretrain.utils.weights import save_state_dict_file
 from tests.test_training_helpers import (CHINESE_SPM, TINY, ZERO2, ZERO3, datasets,
                                          pretrain_argv, run_in_process, run_script)
@@ -37,7 +37,7 @@ def weights_32000(tmp_path_factory):
     return path
 
 
-def expect_error(argv, pattern, kind=TrainingError):
+def expect_error(argv, pattern, kind=UserError):  # each guard's own class; one base for all
     with pytest.raises(kind, match=pattern):
         run_in_process(argv)
 

@@ -132,6 +132,20 @@ class TokenDataset:
             raise DatasetError(f"{os.path.join(path, META_FILE)}: shard counts do not add up "
                                f"to num_samples/num_tokens")
 
+    def check_fits(self, tokenizer, vocab_size, max_seq_length=None, config_source=None):
+        """The one guard between a dataset and what reads it (training, evaluation): made
+        with this tokenizer, ids inside the model's vocabulary, samples the model can take."""
+        if self.tokenizer_sha256 != tokenizer.sha256:
+            raise DatasetError(f"{self.path} was made with another tokenizer than "
+                               f"{tokenizer.source} (sha256 {self.tokenizer_sha256[:12]}... != "
+                               f"{tokenizer.sha256[:12]}...)")
+        if self.vocab_size > vocab_size:
+            raise DatasetError(f"{self.path} has a vocabulary of {self.vocab_size} tokens, the "
+                               f"model only {vocab_size}")
+        if max_seq_length is not None and self.seq_length > max_seq_length:
+            raise DatasetError(f"{self.path} has seq_length {self.seq_length}, above "
+                               f"max_seq_length {max_seq_length} of {config_source}")
+
     def __len__(self):
         return int(self._starts[-1])
 

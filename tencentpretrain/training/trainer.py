@@ -43,16 +43,7 @@ def check_data(args, dataset, tokenizer, config, vocab_size):
     if dataset.data_processor != PROCESSORS[args.data_processor]:
         raise TrainingError(f"--data_processor {args.data_processor}, but {path} was made with "
                             f"--data_processor {dataset.data_processor}")
-    if dataset.tokenizer_sha256 != tokenizer.sha256:
-        raise TrainingError(f"{path} was made with another tokenizer than {tokenizer.source} "
-                            f"(sha256 {dataset.tokenizer_sha256[:12]}... != "
-                            f"{tokenizer.sha256[:12]}...)")
-    if dataset.vocab_size > vocab_size:
-        raise TrainingError(f"{path} has a vocabulary of {dataset.vocab_size} tokens, the model "
-                            f"only {vocab_size}")
-    if dataset.seq_length > config.max_seq_length:
-        raise TrainingError(f"{path} has seq_length {dataset.seq_length}, above max_seq_length "
-                            f"{config.max_seq_length} of {args.config_path}")
+    dataset.check_fits(tokenizer, vocab_size, config.max_seq_length, args.config_path)
 
 
 def seed_everything(seed):
