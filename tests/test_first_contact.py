@@ -1,7 +1,9 @@
 """What a new user pasting TencentPretrain command lines meets first: a DeepSpeed run
-without the launcher, a TencentPretrain dataset file, --log_path, a vocab_size key."""
+without the launcher, a TencentPretrain dataset file, --log_path, a vocab_size key, what a
+run reports (first step, summary, a changed schedule on resume), argparse on every rank."""
 import json
 import os
+import re
 
 import pytest
 
@@ -49,3 +51,33 @@ def test_vocab_size_in_a_model_config_is_refused(tmp_path):
     with pytest.raises(ConfigError, match=r'"vocab_size" in .*with_vocab\.json: remove it; the '
                                           r"vocabulary size comes from the tokenizer"):
         tencentpretrain.load_config(str(path))
+
+
+def reported_lr(log, step):
+    return float(re.search(rf"step\s+{step}/\d+ \| loss [0-9.]+ \| lr ([0-9.e+-]+)", log).group(1))
+
+
+def test_first_step_summary_and_a_longer_resumed_schedule(tmp_path, capsys):
+    out, tb, log_path = str(tmp_path / "m"), str(tmp_path / "tb"), str(tmp_path / "run.log")
+    run_in_process(pretrain_argv(out, steps=4, save=4, extra=[
+        "--report_steps", "3", "--tensorboard_dir", tb, "--log_path", log_path]))
+    log = capsys.readouterr().out
+    losses = logged_losses(log)
+    assert sorted(losses) == [1, 3, 4]  # the first step, every --report_steps, the last
+    summary = log[log.index("finished steps 1..4"):].splitlines()
+    assert summary[0].endswith(f"loss first {losses[1]:.4f}, last {losses[4]:.4f}, "
+                               f"best {min(losses.values()):.4f}")
+    assert summary[1:] == [f"  final weights  {out} (each save: {out}-STEP)",
+                           f"  checkpoints    {out}.checkpoints (--resume_from_checkpoint)",
+                           f"  TensorBoard    {tb} (tensorboard --logdir {tb})",
+                           f"  run log        {log_path}"]
+    for path in (out, out + "-4", out + ".checkpoints", tb, log_path):
+        assert os.path.exists(path), path
+
+    # resumed with a larger --total_steps: said once, and the new schedule applies at once
+    run_in_process(pretrain_argv(out, steps=8, save=8, extra=[
+        "--resume_from_checkpoint", out + ".checkpoints"]))
+    log = capsys.readouterr().out
+    assert ("note: the learning-rate schedule differs from the saved run's (--total_steps 4 -> 8): "
+            "step 5 trains at lr 5.000e-04 instead of 0.000e+00") in log.splitlines()
+    assert reported_lr(log, 5) == 5e-4 and reported_lr(log, 8) == 1.25e-4  # linear to 0 at 8

@@ -94,7 +94,7 @@ class TorchBackend:
 
     @property
     def lr(self):
-        return self.scheduler.get_last_lr()[0]
+        return self.optimizer.param_groups[0]["lr"]  # also right after resume_schedule
 
     def all_reduce_sum(self, tensor):
         return tensor
