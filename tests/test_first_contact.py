@@ -2,14 +2,18 @@
 without the launcher, a TencentPretrain dataset file, --log_path, a vocab_size key, what a
 run reports (first step, summary, a changed schedule on resume), argparse on every rank."""
 import json
+import logging
 import os
 import re
 
 import pytest
+from deepspeed.utils import logger as deepspeed_logger
 
 import tencentpretrain
 from tencentpretrain import ConfigError
+import pretrain
 from tencentpretrain.training import TrainingError
+from tencentpretrain.training.logs import close_logging, setup_logging
 from tests.test_training_helpers import (TINY, ZERO3, logged_losses, pretrain_argv,
                                          run_in_process, run_script)
 
@@ -81,3 +85,27 @@ def test_first_step_summary_and_a_longer_resumed_schedule(tmp_path, capsys):
     assert ("note: the learning-rate schedule differs from the saved run's (--total_steps 4 -> 8): "
             "step 5 trains at lr 5.000e-04 instead of 0.000e+00") in log.splitlines()
     assert reported_lr(log, 5) == 5e-4 and reported_lr(log, 8) == 1.25e-4  # linear to 0 at 8
+
+
+@pytest.mark.parametrize("rank, shown", [("0", True), ("1", False)])
+def test_argparse_prints_usage_and_help_on_rank_0_only(monkeypatch, capsys, rank, shown):
+    monkeypatch.setenv("RANK", rank)
+    for argv, code, stream in ((["--bogus"], 2, "err"), (["--help"], 0, "out")):
+        with pytest.raises(SystemExit) as exit_:
+            pretrain.main(argv)
+        assert exit_.value.code == code  # every rank stops alike
+        text = getattr(capsys.readouterr(), stream)
+        assert ("usage: " in text) == shown, text
+
+
+def test_deepspeed_logger_shows_warnings_unless_log_level_asks_otherwise():
+    expected = {"DEBUG": logging.DEBUG, "INFO": logging.WARNING, "WARNING": logging.WARNING,
+                "ERROR": logging.ERROR}
+    try:
+        for log_level, level in expected.items():
+            setup_logging(0, log_level)
+            assert deepspeed_logger.level == level
+            assert [h.level for h in deepspeed_logger.handlers] == [level]
+    finally:
+        close_logging()
+    assert deepspeed_logger.level == logging.WARNING

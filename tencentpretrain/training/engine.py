@@ -13,6 +13,7 @@
 layout to DeepSpeed. Both scale gradients the same way (``loss_divisor``).
 """
 import contextlib
+import io
 import os
 import pickle
 import warnings
@@ -130,7 +131,8 @@ class DeepSpeedBackend(TorchBackend):
         # DeepSpeed still calls torch.distributed functions torch has deprecated (not ours to fix)
         warnings.filterwarnings("ignore", message=r".*is deprecated\. Please use .*_single",
                                 category=FutureWarning)
-        deepspeed.init_distributed()
+        with contextlib.redirect_stdout(io.StringIO()):  # its CPU backend prints a build line
+            deepspeed.init_distributed()                  # per rank (its logger is unaffected)
         self.deepspeed = deepspeed
         self.ds_config = ds_config
         self.zero3 = bool(args.enable_zero3)

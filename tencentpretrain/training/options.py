@@ -11,7 +11,7 @@ from tencentpretrain.adapters import adapter_files
 from tencentpretrain.data import PROCESSORS
 from tencentpretrain.layers.lora import MODULES_TO_SAVE, TARGETS, LoraConfig, parse_names
 from tencentpretrain.training.errors import TrainingError
-from tencentpretrain.training.logs import LEVELS
+from tencentpretrain.training.logs import LEVELS, before_deepspeed_import
 from tencentpretrain.training.scheduler import SCHEDULERS
 
 
@@ -143,6 +143,7 @@ def lora_config(args, saved=None):
 
 def _add_deepspeed_arguments(parser):
     """--deepspeed/--deepspeed_config, from DeepSpeed itself when it is installed."""
+    before_deepspeed_import()
     try:
         import deepspeed
     except ImportError:

@@ -138,7 +138,7 @@ def _train(args):
                             prefix_lm_loss=args.prefix_lm_loss)
     start_step = resume(args, backend, batches) if args.resume_from_checkpoint else 0
     say(f"training {model.config.source}: {parameter_summary(model)}, "
-        f"{backend.world_size} rank(s), {backend.precision}, batch {args.batch_size}"
+        f"{backend.world_size} rank(s) on {backend.device.type}, {backend.precision}, batch {args.batch_size}"
         f" x {args.accumulation_steps} accumulation x {backend.world_size} ranks, steps "
         f"{start_step + 1}..{args.total_steps}")
     if backend.zero3:
