@@ -109,3 +109,19 @@ def test_deepspeed_logger_shows_warnings_unless_log_level_asks_otherwise():
     finally:
         close_logging()
     assert deepspeed_logger.level == logging.WARNING
+
+
+def test_files_a_run_writes_are_readable_under_umask_0022(tmp_path, capsys):
+    umask = os.umask(0o022)
+    try:
+        run_in_process(pretrain_argv(str(tmp_path / "m"), steps=1, save=1, extra=[
+            "--log_path", str(tmp_path / "run.log"), "--tensorboard_dir", str(tmp_path / "tb")]))
+    finally:
+        os.umask(umask)
+    modes = {os.path.relpath(os.path.join(folder, name), tmp_path):
+             os.stat(os.path.join(folder, name)).st_mode & 0o777
+             for folder, _, names in os.walk(tmp_path) for name in names}
+    assert {"m", "m-1", "run.log", "m.checkpoints/latest", "m.checkpoints/global_step1/model.bin",
+            "m.checkpoints/global_step1/training_states.pt",
+            "m.checkpoints/global_step1/trainer_state_rank0.json"} < modes.keys()
+    assert {path: mode for path, mode in modes.items() if mode != 0o644} == {}
