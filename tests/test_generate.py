@@ -2,6 +2,7 @@
 full recomputation, sampling filters equal transformers' warpers, and the CLI."""
 import io
 import os
+import re
 import subprocess
 import sys
 
@@ -278,6 +279,8 @@ def test_cli_errors(tmp_path, checkpoint, llama_spm, capsys):
     message = one_line_error(run_cli(cli_args(checkpoint, llama_spm, tmp_path / "long.txt",
                                               tmp_path / "o", "--seq_length", "16"), capsys))
     assert "long.txt:2" in message and "--seq_length 16" in message
+    needed = int(re.search(r"it needs --seq_length (\d+) or more", message).group(1))
+    assert needed == 1 + len(SpmTokenizer(llama_spm).encode("word " * 40)) + 1  # bos, one new
     small = tmp_path / "small.bin"
     tiny_checkpoint(small, vocab_size=320)
     message = one_line_error(run_cli(cli_args((small, config), llama_spm, good, tmp_path / "o"),
