@@ -125,3 +125,14 @@ def test_files_a_run_writes_are_readable_under_umask_0022(tmp_path, capsys):
             "m.checkpoints/global_step1/training_states.pt",
             "m.checkpoints/global_step1/trainer_state_rank0.json"} < modes.keys()
     assert {path: mode for path, mode in modes.items() if mode != 0o644} == {}
+
+
+def test_help_explains_every_option_with_its_default(capsys):
+    with pytest.raises(SystemExit):
+        pretrain.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for option, default in (("--save_checkpoint_steps", "10000"), ("--report_steps", "100"),
+                            ("--total_steps", None), ("--log_level", "INFO")):
+        help_text = re.search(rf"{option} [A-Z_{{}},]+ (.*?) \(default: ([^)]*)\)", text)
+        assert help_text and len(help_text.group(1)) > 20, option  # a sentence, not nothing
+        assert default is None or help_text.group(2) == default, option
