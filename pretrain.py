@@ -9,22 +9,35 @@
 
 See docs/training.md. All the work is in tencentpretrain.training.
 """
+import contextlib
 import os
 import sys
 
-from tencentpretrain.config import ConfigError
-from tencentpretrain.data import DatasetError
-from tencentpretrain.tokenizer import TokenizerError
-from tencentpretrain.training import TrainingError, build_parser, train
-from tencentpretrain.utils.weights import WeightsError
+from tencentpretrain.errors import UserError
+from tencentpretrain.training import build_parser, train
+from tencentpretrain.training.settings import Launch
+
+
+def launched_rank():
+    return Launch.from_environment().rank
+
+
+def parse_args(argv=None):
+    """Every rank parses the same command line; only rank 0 prints --help, usage and errors."""
+    parser = build_parser()
+    if launched_rank() == 0:
+        return parser.parse_args(argv)
+    with open(os.devnull, "w") as null, contextlib.redirect_stdout(null), \
+            contextlib.redirect_stderr(null):
+        return parser.parse_args(argv)
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     try:
         train(args)
-    except (TrainingError, ConfigError, DatasetError, TokenizerError, WeightsError) as e:
-        if int(os.environ.get("RANK", "0")) == 0:  # every rank fails alike; one line is enough
+    except UserError as e:
+        if launched_rank() == 0:  # every rank fails alike; one line is enough
             print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
 

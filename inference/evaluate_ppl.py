@@ -34,17 +34,26 @@ def parse_args(argv=None):
     return args
 
 
+def say(line):
+    """Progress on stderr: stdout keeps only the result line."""
+    print(line, file=sys.stderr, flush=True)
+
+
 def main(argv=None):
     args = parse_args(argv)
+    say(f"loading {args.load_model_path}")  # minutes for a large model: say what is going on
     model, tokenizer = load_model_and_tokenizer(args.config_path, args.load_model_path,
                                                 args.spm_model_path, args.device, args.dtype,
                                                 args.lora_model_path, args.tokenizer_path)
+    say(f"evaluating {args.dataset_path or args.test_path} on {next(model.parameters()).device}, "
+        f"batches of {args.batch_size}")
     if args.dataset_path:
         result = evaluate_dataset(model, tokenizer, args.dataset_path, args.batch_size,
-                                  args.prefix_lm_loss)
+                                  args.prefix_lm_loss, progress=True)
     else:
         result = evaluate_text(model, tokenizer, args.test_path,
-                               args.seq_length or model.config.max_seq_length, args.batch_size)
+                               args.seq_length or model.config.max_seq_length, args.batch_size,
+                               progress=True)
     print(f"tokens: {result['tokens']}  loss: {result['loss']:.6f}  "
           f"perplexity: {result['perplexity']:.4f}")
 

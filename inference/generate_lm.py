@@ -10,8 +10,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from inference import add_model_options, run  # noqa: E402
-from tencentpretrain.generation import (SamplingOptions, TextGenerator,  # noqa: E402
-                                        load_model_and_tokenizer)
+from tencentpretrain.generation import (GenerationError, SamplingOptions,  # noqa: E402
+                                        TextGenerator, load_model_and_tokenizer)
 from tencentpretrain.prompts import ALPACA_TEMPLATE, load_template  # noqa: E402
 
 
@@ -60,7 +60,11 @@ def main(argv=None):
     options = SamplingOptions(1 if args.greedy else args.top_k, args.top_p, args.temperature,
                               args.repetition_penalty).check()
     if args.prediction_path:  # before the slow model load, not after it
-        os.makedirs(os.path.dirname(os.path.abspath(args.prediction_path)), exist_ok=True)
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(args.prediction_path)), exist_ok=True)
+        except OSError as e:
+            raise GenerationError(f"--prediction_path {args.prediction_path}: cannot create its "
+                                  f"folder ({e.strerror})") from None
     model, tokenizer = load_model_and_tokenizer(args.config_path, args.load_model_path,
                                                 args.spm_model_path, args.device, args.dtype,
                                                 args.lora_model_path, args.tokenizer_path)

@@ -28,18 +28,19 @@ python3 preprocess.py --corpus_path demo/corpus.txt --spm_model_path "$SPM" \
 python3 preprocess.py --corpus_path demo/instructions.json --spm_model_path "$SPM" \
   --dataset_path "$WORK/alpaca_dataset" --data_processor alpaca --seq_length 256
 
+# --log_level warning: the launcher's own info lines (its command, spawned processes) go
 COMMON=(--deepspeed --deepspeed_config models/deepspeed_zero3_config.json --enable_zero3
         --spm_model_path "$SPM" --config_path models/llama/tiny_config.json --world_size 2
         --deepspeed_checkpoint_activations --batch_size 8 --report_steps 25 --save_total_limit 1)
 
 echo "== 3/5 pre-train, 2 ranks, ZeRO-3 ($STEPS steps)"
-deepspeed --num_gpus 2 pretrain.py "${COMMON[@]}" --dataset_path "$WORK/lm_dataset" \
+deepspeed --log_level warning --num_gpus 2 pretrain.py "${COMMON[@]}" --dataset_path "$WORK/lm_dataset" \
   --data_processor lm --output_model_path "$WORK/tiny_lm" --learning_rate 3e-3 --warmup 0.05 \
   --scheduler cosine --total_steps "$STEPS" --save_checkpoint_steps 60 \
   --tensorboard_dir "$WORK/runs/pretrain"
 
 echo "== 4/5 instruction-tune the pre-trained weights (--prefix_lm_loss: answers only)"
-deepspeed --num_gpus 2 pretrain.py "${COMMON[@]}" --dataset_path "$WORK/alpaca_dataset" \
+deepspeed --log_level warning --num_gpus 2 pretrain.py "${COMMON[@]}" --dataset_path "$WORK/alpaca_dataset" \
   --data_processor alpaca --prefix_lm_loss --pretrained_model_path "$WORK/tiny_lm" \
   --output_model_path "$WORK/tiny_sft" --learning_rate 2e-3 --total_steps "$SFT_STEPS" \
   --save_checkpoint_steps "$SFT_STEPS" --tensorboard_dir "$WORK/runs/sft"

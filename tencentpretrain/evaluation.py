@@ -7,9 +7,11 @@ counted tokens, whatever the batch size.
 """
 import math
 import os
+import sys
 import tempfile
 
 import torch
+from tqdm import tqdm
 
 from tencentpretrain.data import DatasetError, TokenDataset, collate, preprocess
 from tencentpretrain.data.batching import batch_to
@@ -22,13 +24,16 @@ def batch_loss(model, batch):
 
 
 @torch.no_grad()
-def evaluate(model, dataset, batch_size=8, prefix_lm_loss=False):
-    """{"loss", "perplexity", "tokens"} over every sample of ``dataset`` in order."""
+def evaluate(model, dataset, batch_size=8, prefix_lm_loss=False, progress=False):
+    """{"loss", "perplexity", "tokens"} over every sample of ``dataset`` in order;
+    ``progress``: a bar of batches on stderr (on a terminal)."""
     if prefix_lm_loss and not dataset.has_prompt_lengths:
         raise DatasetError(f"--prefix_lm_loss needs an alpaca dataset; {dataset.path} is "
                            f"{dataset.data_processor}")
     total, tokens = 0.0, 0
-    for start in range(0, len(dataset), batch_size):
+    starts = range(0, len(dataset), batch_size)
+    for start in tqdm(starts, desc=f"{len(dataset):,} samples", unit="batch", file=sys.stderr,
+                      disable=None if progress else True, dynamic_ncols=True):
         samples = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
         loss_sum, count = batch_loss(model, collate(samples, dataset.pad_id, prefix_lm_loss))
         total += float(loss_sum)
@@ -39,13 +44,14 @@ def evaluate(model, dataset, batch_size=8, prefix_lm_loss=False):
     return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "tokens": tokens}
 
 
-def evaluate_dataset(model, tokenizer, dataset_path, batch_size=8, prefix_lm_loss=False):
+def evaluate_dataset(model, tokenizer, dataset_path, batch_size=8, prefix_lm_loss=False,
+                     progress=False):
     dataset = TokenDataset(dataset_path)
     dataset.check_fits(tokenizer, model.vocab_size)
-    return evaluate(model, dataset, batch_size, prefix_lm_loss)
+    return evaluate(model, dataset, batch_size, prefix_lm_loss, progress)
 
 
-def evaluate_text(model, tokenizer, test_path, seq_length, batch_size=8):
+def evaluate_text(model, tokenizer, test_path, seq_length, batch_size=8, progress=False):
     """Raw text, packed into samples by preprocess.py's ``lm`` processor (one document a
     line) in a temporary dataset, so evaluation and training see the same samples."""
     with tempfile.TemporaryDirectory(prefix="evaluate_ppl-") as tmp:
@@ -53,4 +59,4 @@ def evaluate_text(model, tokenizer, test_path, seq_length, batch_size=8):
         preprocess(test_path, tokenizer.spm_model_path, dataset_path, data_processor="lm",
                    tokenizer_path=tokenizer.tokenizer_path,
                    seq_length=seq_length, progress=False)
-        return evaluate_dataset(model, tokenizer, dataset_path, batch_size)
+        return evaluate_dataset(model, tokenizer, dataset_path, batch_size, progress=progress)

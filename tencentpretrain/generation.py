@@ -261,7 +261,8 @@ class TextGenerator:
                                   f"nothing to continue from")
         if len(ids) >= self.seq_length:
             raise GenerationError(f"{where}: the prompt has {len(ids)} tokens, no room for new "
-                                  f"tokens under --seq_length {self.seq_length}")
+                                  f"tokens under --seq_length {self.seq_length} (it needs "
+                                  f"--seq_length {len(ids) + 1} or more)")
         return ids
 
     def complete(self, prompt_ids, on_token=None):

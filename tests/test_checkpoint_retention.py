@@ -30,7 +30,7 @@ def test_keeps_the_newest_saves_and_the_final_weights(tmp_path, capsys):
     assert final.keys() == last.keys() and all(torch.equal(final[k], last[k]) for k in final)
     losses = logged_losses(log)
     summary = re.search(r"finished steps 1\.\.5 in \d+:\d\d: ([\d,]+) tokens, [\d,]+ tokens/s, "
-                        r"last loss ([0-9.]+), best ([0-9.]+)", log)
+                        r"loss first [0-9.]+, last ([0-9.]+), best ([0-9.]+)", log)
     assert summary, log
     assert int(summary.group(1).replace(",", "")) == 5 * 4 * 64  # steps x batch x seq_length
     assert float(summary.group(2)) == losses[5]

@@ -79,11 +79,14 @@ def test_cli_raw_text_equals_preprocessed_dataset(setup):
     assert int(fields[1]) == expected["tokens"]
     assert float(fields[3]) == pytest.approx(expected["loss"], abs=1e-6)
     assert float(fields[5]) == pytest.approx(math.exp(float(fields[3])), rel=1e-4)
+    assert result.stderr.splitlines() == [  # progress, while stdout holds the result only
+        f"loading {tmp / 'tiny.bin'}", f"evaluating {tmp / 'text.txt'} on cpu, batches of 8"]
 
 
 def test_cli_errors_are_one_line(setup):
     tmp = setup[0]
     result = run_cli(setup, "--dataset_path", tmp / "lm", "--prefix_lm_loss")
     assert result.returncode == 2
-    assert result.stderr.splitlines() == [
-        f"error: --prefix_lm_loss needs an alpaca dataset; {tmp / 'lm'} is lm"]
+    assert result.stderr.splitlines()[-1] == (  # the last line, after the progress lines
+        f"error: --prefix_lm_loss needs an alpaca dataset; {tmp / 'lm'} is lm")
+    assert "Traceback" not in result.stderr

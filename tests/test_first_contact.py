@@ -1,12 +1,19 @@
 """What a new user pasting TencentPretrain command lines meets first: a DeepSpeed run
-without the launcher, a TencentPretrain dataset file, --log_path, a vocab_size key."""
+without the launcher, a TencentPretrain dataset file, --log_path, a vocab_size key, what a
+run reports (first step, summary, a changed schedule on resume), argparse on every rank."""
 import json
+import logging
+import os
+import re
 
 import pytest
+from deepspeed.utils import logger as deepspeed_logger
 
 import tencentpretrain
 from tencentpretrain import ConfigError
+import pretrain
 from tencentpretrain.training import TrainingError
+from tencentpretrain.training.logs import close_logging, setup_logging
 from tests.test_training_helpers import (TINY, ZERO3, logged_losses, pretrain_argv,
                                          run_in_process, run_script)
 
@@ -48,3 +55,84 @@ def test_vocab_size_in_a_model_config_is_refused(tmp_path):
     with pytest.raises(ConfigError, match=r'"vocab_size" in .*with_vocab\.json: remove it; the '
                                           r"vocabulary size comes from the tokenizer"):
         tencentpretrain.load_config(str(path))
+
+
+def reported_lr(log, step):
+    return float(re.search(rf"step\s+{step}/\d+ \| loss [0-9.]+ \| lr ([0-9.e+-]+)", log).group(1))
+
+
+def test_first_step_summary_and_a_longer_resumed_schedule(tmp_path, capsys):
+    out, tb, log_path = str(tmp_path / "m"), str(tmp_path / "tb"), str(tmp_path / "run.log")
+    run_in_process(pretrain_argv(out, steps=4, save=4, extra=[
+        "--report_steps", "3", "--tensorboard_dir", tb, "--log_path", log_path]))
+    log = capsys.readouterr().out
+    losses = logged_losses(log)
+    assert sorted(losses) == [1, 3, 4]  # the first step, every --report_steps, the last
+    summary = log[log.index("finished steps 1..4"):].splitlines()
+    assert summary[0].endswith(f"loss first {losses[1]:.4f}, last {losses[4]:.4f}, "
+                               f"best {min(losses.values()):.4f}")
+    assert summary[1:] == [f"  final weights  {out} (each save: {out}-STEP)",
+                           f"  checkpoints    {out}.checkpoints (--resume_from_checkpoint)",
+                           f"  TensorBoard    {tb} (tensorboard --logdir {tb})",
+                           f"  run log        {log_path}"]
+    for path in (out, out + "-4", out + ".checkpoints", tb, log_path):
+        assert os.path.exists(path), path
+
+    # resumed with a larger --total_steps: said once, and the new schedule applies at once
+    run_in_process(pretrain_argv(out, steps=8, save=8, extra=[
+        "--resume_from_checkpoint", out + ".checkpoints"]))
+    log = capsys.readouterr().out
+    assert ("note: the learning-rate schedule differs from the saved run's (--total_steps 4 -> 8): "
+            "step 5 trains at lr 5.000e-04 instead of 0.000e+00") in log.splitlines()
+    assert reported_lr(log, 5) == 5e-4 and reported_lr(log, 8) == 1.25e-4  # linear to 0 at 8
+
+
+@pytest.mark.parametrize("rank, shown", [("0", True), ("1", False)])
+def test_argparse_prints_usage_and_help_on_rank_0_only(monkeypatch, capsys, rank, shown):
+    monkeypatch.setenv("RANK", rank)
+    for argv, code, stream in ((["--bogus"], 2, "err"), (["--help"], 0, "out")):
+        with pytest.raises(SystemExit) as exit_:
+            pretrain.main(argv)
+        assert exit_.value.code == code  # every rank stops alike
+        text = getattr(capsys.readouterr(), stream)
+        assert ("usage: " in text) == shown, text
+
+
+def test_deepspeed_logger_shows_warnings_unless_log_level_asks_otherwise():
+    expected = {"DEBUG": logging.DEBUG, "INFO": logging.WARNING, "WARNING": logging.WARNING,
+                "ERROR": logging.ERROR}
+    try:
+        for log_level, level in expected.items():
+            setup_logging(0, log_level)
+            assert deepspeed_logger.level == level
+            assert [h.level for h in deepspeed_logger.handlers] == [level]
+    finally:
+        close_logging()
+    assert deepspeed_logger.level == logging.WARNING
+
+
+def test_files_a_run_writes_are_readable_under_umask_0022(tmp_path, capsys):
+    umask = os.umask(0o022)
+    try:
+        run_in_process(pretrain_argv(str(tmp_path / "m"), steps=1, save=1, extra=[
+            "--log_path", str(tmp_path / "run.log"), "--tensorboard_dir", str(tmp_path / "tb")]))
+    finally:
+        os.umask(umask)
+    modes = {os.path.relpath(os.path.join(folder, name), tmp_path):
+             os.stat(os.path.join(folder, name)).st_mode & 0o777
+             for folder, _, names in os.walk(tmp_path) for name in names}
+    assert {"m", "m-1", "run.log", "m.checkpoints/latest", "m.checkpoints/global_step1/model.bin",
+            "m.checkpoints/global_step1/training_states.pt",
+            "m.checkpoints/global_step1/trainer_state_rank0.json"} < modes.keys()
+    assert {path: mode for path, mode in modes.items() if mode != 0o644} == {}
+
+
+def test_help_explains_every_option_with_its_default(capsys):
+    with pytest.raises(SystemExit):
+        pretrain.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for option, default in (("--save_checkpoint_steps", "10000"), ("--report_steps", "100"),
+                            ("--total_steps", None), ("--log_level", "INFO")):
+        help_text = re.search(rf"{option} [A-Z_{{}},]+ (.*?) \(default: ([^)]*)\)", text)
+        assert help_text and len(help_text.group(1)) > 20, option  # a sentence, not nothing
+        assert default is None or help_text.group(2) == default, option

@@ -2,6 +2,7 @@
 full recomputation, sampling filters equal transformers' warpers, and the CLI."""
 import io
 import os
+import re
 import subprocess
 import sys
 
@@ -203,12 +204,14 @@ def cli_args(checkpoint, llama_spm, prompts, out, *extra):
 
 def test_cli_entry_point(tmp_path, checkpoint, llama_spm):
     (tmp_path / "p.txt").write_text("Hello\n")
-    args = cli_args(checkpoint, llama_spm, tmp_path / "p.txt", tmp_path / "o.txt", "--greedy",
+    out = tmp_path / "new" / "folder" / "o.txt"  # missing folders are made
+    args = cli_args(checkpoint, llama_spm, tmp_path / "p.txt", out, "--greedy",
                     "--max_new_tokens", "3")
     ok = subprocess.run([sys.executable, GENERATE, *map(str, args)], capture_output=True,
                         text=True, timeout=120)
     assert ok.returncode == 0, ok.stderr
-    assert len((tmp_path / "o.txt").read_text(encoding="utf-8").splitlines()) == 1
+    assert ok.stderr.splitlines()[-1] == f"wrote 1 continuation to {out}"
+    assert len(out.read_text(encoding="utf-8").splitlines()) == 1
     bad = subprocess.run([sys.executable, GENERATE, *map(str, args[:6]), "--test_path",
                           tmp_path / "missing.txt", "--prediction_path", tmp_path / "o.txt"],
                          capture_output=True, text=True, timeout=120)
@@ -266,10 +269,15 @@ def test_cli_errors(tmp_path, checkpoint, llama_spm, capsys):
     message = one_line_error(run_cli(cli_args(checkpoint, llama_spm, tmp_path / "empty.txt",
                                               tmp_path / "o"), capsys))
     assert "no prompts" in message
+    message = one_line_error(run_cli(cli_args(checkpoint, llama_spm, good,
+                                              good / "o.txt"), capsys))  # under a file
+    assert message == f"error: --prediction_path {good / 'o.txt'}: cannot create its folder (File exists)"
     (tmp_path / "long.txt").write_text("short\n" + "word " * 40 + "\n")
     message = one_line_error(run_cli(cli_args(checkpoint, llama_spm, tmp_path / "long.txt",
                                               tmp_path / "o", "--seq_length", "16"), capsys))
     assert "long.txt:2" in message and "--seq_length 16" in message
+    needed = int(re.search(r"it needs --seq_length (\d+) or more", message).group(1))
+    assert needed == 1 + len(SpmTokenizer(llama_spm).encode("word " * 40)) + 1  # bos, one new
     small = tmp_path / "small.bin"
     tiny_checkpoint(small, vocab_size=320)
     message = one_line_error(run_cli(cli_args((small, config), llama_spm, good, tmp_path / "o"),

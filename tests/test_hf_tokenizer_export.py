@@ -29,8 +29,16 @@ def test_converter_writes_tokenizer_files_that_give_training_ids(tmp_path, llama
     weights = tmp_path / "tiny.bin"
     save_state_dict_file(tencentpretrain.build_model(TINY, 32000).state_dict(), str(weights))
     out = tmp_path / "hf"
-    main(["--input_model_path", str(weights), "--config_path", TINY, "--output_model_path",
-          str(out), "--spm_model_path", llama_spm])
+    umask = os.umask(0o022)  # shared clusters: every exported file readable by others
+    try:
+        main(["--input_model_path", str(weights), "--config_path", TINY, "--output_model_path",
+              str(out), "--spm_model_path", llama_spm])
+    finally:
+        os.umask(umask)
+    assert {name: os.stat(out / name).st_mode & 0o777 for name in os.listdir(out)} == {
+        name: 0o644 for name in ["config.json", "model.safetensors", "tokenizer.model",
+                                 "tokenizer_config.json", "special_tokens_map.json",
+                                 "generation_config.json"]}
     texts = [t for t in TEXTS if not t.startswith("  ")] + held_out_chinese()[:3] + \
         english_texts(3)
     assert_hf_ids_equal_sentencepiece(str(out), llama_spm, texts)

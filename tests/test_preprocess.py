@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import sentencepiece as spm
 
-from tencentpretrain.data import TokenDataset, preprocess
+from tencentpretrain.data import TokenDataset, format_summary, preprocess
 from tencentpretrain.data import corpus as corpus_module, str2processor
 from tencentpretrain.prompts import ALPACA_TEMPLATE, build_prompt, load_template, TemplateError
 
@@ -107,11 +107,12 @@ def test_alpaca_round_trip(shared_data, llama_spm, tmp_path):
     sp = spm.SentencePieceProcessor(model_file=llama_spm)
     with open(corpus, encoding="utf-8") as f:
         examples = json.load(f)
-    expected, skipped, truncated = [], 0, 0
+    expected, skipped, truncated, longest_skipped = [], 0, 0, 0
     for ex in examples:
         prompt = sp.encode(build_prompt(ex["instruction"], ex.get("input", "")))
         if 1 + len(prompt) >= seq_length + 1:
             skipped += 1
+            longest_skipped = max(longest_skipped, len(prompt))
             continue
         tokens = [sp.bos_id()] + prompt + sp.encode(ex["output"]) + [sp.eos_id()]
         truncated += len(tokens) > seq_length + 1
@@ -126,6 +127,16 @@ def test_alpaca_round_trip(shared_data, llama_spm, tmp_path):
     assert summary["skipped"] == {"prompt too long for seq_length": skipped}
     assert summary["truncated"] == truncated
     assert ds.meta["prompt_template"] == ALPACA_TEMPLATE.to_dict()
+    assert (summary["read"], summary["documents"]) == (len(examples), len(examples) - skipped)
+    text = format_summary(summary)
+    assert f"examples   {len(examples):,} read, {len(expected):,} kept, {skipped:,} skipped" in text
+    # the --seq_length the summary names keeps every example, one less does not
+    fits = summary["seq_length_to_keep"]
+    assert fits == longest_skipped + 1
+    assert f"{skipped} prompt too long for seq_length (--seq_length {fits} or more would keep them)" in text
+    assert run(corpus, llama_spm, tmp_path / "fits", data_processor="alpaca", seq_length=fits)["skipped"] == {}
+    assert run(corpus, llama_spm, tmp_path / "short", data_processor="alpaca",
+               seq_length=fits - 1)["skipped"]["prompt too long for seq_length"] >= 1
 
 
 def test_alpaca_jsonl_with_template_file(shared_data, llama_spm, tmp_path):
@@ -238,8 +249,20 @@ def test_cli_run_and_error(shared_data, llama_spm, tmp_path):
                  llama_spm, "--dataset_path", str(out), "--data_processor", "llm_pretrain",
                  "--seq_length", "512", "--processes_num", "2", "--seed", "7")
     assert result.returncode == 0, result.stderr
-    assert "documents  300" in result.stdout and "tokens/s" in result.stdout
+    assert "documents  300 read, 300 kept, 0 skipped" in result.stdout and "tokens/s" in result.stdout
     assert TokenDataset(str(out)).meta["seed"] == 7
+    assert (f"note: --dataset_path {out} is a folder (meta.json + shards), not a TencentPretrain "
+            ".pt file" in result.stdout)
+    assert "note: --processes_num" not in result.stdout  # JSON lines are split: 2 processes
+
+    result = cli("--corpus_path", os.path.join(shared_data, "alpaca_zh_demo.json"), "--spm_model_path",
+                 llama_spm, "--dataset_path", str(tmp_path / "sft"), "--data_processor", "alpaca",
+                 "--processes_num", "2", "--no_progress")
+    assert result.returncode == 0, result.stderr
+    assert " 1 process(es))" in result.stdout
+    assert ("note: --processes_num 2: a .json array is read by one process; JSON lines (.jsonl) "
+            "are split across processes") in result.stdout
+    assert "note: --dataset_path" not in result.stdout
 
     result = cli("--corpus_path", os.path.join(shared_data, "c4_demo.jsonl"), "--spm_model_path",
                  str(tmp_path / "missing.model"), "--dataset_path", str(tmp_path / "x"), "--no_progress")

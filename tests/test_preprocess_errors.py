@@ -48,7 +48,7 @@ def expect_error(tmp_path, name, content, spm_path, error=CorpusError, **options
      r'sft\.json:7: "instruction" is a number, not a string', {"data_processor": "alpaca"}),
     ("sft.json", '[\n{"instruction": "a", "output": "b"},\n{"instruction": "a" "output": "b"}\n]',
      r"sft\.json:3: broken JSON \(Expecting ',' delimiter\)", {"data_processor": "alpaca"}),
-    ("sft.json", json.dumps([ALPACA] * 3), r"sft\.json: empty corpus \(no usable example; skipped: 3 prompt too long for seq_length\)",
+    ("sft.json", json.dumps([ALPACA] * 3), r"sft\.json: empty corpus \(no usable example; skipped: 3 prompt too long for seq_length \(--seq_length 39 or more would keep them\)\)",
      {"data_processor": "alpaca", "seq_length": 20}),
     ("sft.txt", "hello\n", r"sft\.txt: --data_processor alpaca reads a JSON array \(\.json\) or JSON lines \(\.jsonl\) file", {"data_processor": "alpaca"}),
 ])

@@ -25,7 +25,7 @@ DEEPSPEED = ["--deepspeed", "--deepspeed_config", ZERO3, "--enable_zero3", "--wo
 def launch(argv, launcher=LAUNCHER):
     result = run_script(argv, launcher=launcher)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result.stdout
+    return result.stdout + result.stderr
 
 
 def one_process(argv, capsys):
@@ -59,6 +59,16 @@ def test_zero3_partitions_the_model(lm_run):
     stored, full, visible = (int(n.replace(",", "")) for n in re.search(pattern, log).groups())
     assert full == tencentpretrain.build_model(TINY, 32000, device="meta").num_parameters()
     assert stored <= full // 2 + 64 and visible == 0
+
+
+def test_zero3_run_prints_rank_0_lines_and_deepspeed_warnings_only(lm_run):
+    _, log = lm_run
+    assert log.count("\ntraining ") == 1 and log.count("finished steps 1..6") == 1  # rank 0 only
+    # DeepSpeed's CPU notice comes from the launcher's two processes, none from the ranks
+    assert log.count("Setting accelerator to CPU") == 2
+    assert "built successfully" not in log  # its per-rank print while initialising
+    # the ranks' DeepSpeed logger stays at warnings: info lines are the launcher's only
+    assert set(re.findall(r"\[INFO\] \[(\w+)\.py:", log)) <= {"runner", "launch"}
 
 
 def test_zero3_with_activation_checkpointing_trains_like_one_process(lm_run, tmp_path, capsys):

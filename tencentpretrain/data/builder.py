@@ -34,6 +34,7 @@ from .corpus import (BLOCK_BYTES, JSON_ARRAY, TEXT, LineError, corpus_kind, deco
 from .format import (FORMAT_NAME, FORMAT_VERSION, META_FILE, PACKED_FORMAT_VERSION, SHARD_TOKENS,
                      CorpusError, DatasetError, ShardWriter, token_dtype, write_meta)
 from .processors import check_options, get_processor
+from .processors.base import PROMPT_TOO_LONG
 
 
 @dataclass
@@ -267,8 +268,9 @@ def preprocess(corpus_path, spm_model_path, dataset_path, data_processor="lm", s
         counts = run_tasks(tasks, corpus_bytes, progress)
         skipped = sum((Counter(c["skipped"]) for c in counts), Counter())
         documents = sum(c["documents"] for c in counts)
+        seq_length_to_keep = max(c["seq_length_to_keep"] for c in counts)
         if documents == 0:
-            reasons = ", ".join(f"{n} {why}" for why, n in sorted(skipped.items())) or "nothing"
+            reasons = skip_reasons(skipped, seq_length_to_keep, "{n} {why}") or "nothing"
             raise CorpusError(f"{corpus_path}: empty corpus (no usable "
                               f"{processor.noun[:-1]}; skipped: {reasons})")
         writer = ShardWriter(staging, dtype, processor.with_prompts, shard_tokens, packing)
@@ -309,6 +311,8 @@ def preprocess(corpus_path, spm_model_path, dataset_path, data_processor="lm", s
     return {"dataset_path": dataset_path, "corpus_path": corpus_path, "data_processor": processor.name,
             "noun": processor.noun, "with_prompts": processor.with_prompts, "packed": packing,
             "corpus_bytes": corpus_bytes, "documents": documents,
+            "read": documents + sum(skipped.values()), "seq_length_to_keep": seq_length_to_keep,
+            "notes": _notes(dataset_path, kind, processes_num),
             "samples": meta["num_samples"], "tokens": meta["num_tokens"],
             "fill": meta["num_tokens"] / (meta["num_samples"] * (seq_length + 1)),
             "shards": len(shards), "skipped": meta["skipped"], "truncated": meta["truncated"],
@@ -316,13 +320,37 @@ def preprocess(corpus_path, spm_model_path, dataset_path, data_processor="lm", s
             "tokens_per_s": meta["num_tokens"] / seconds, "mb_per_s": corpus_bytes / 1e6 / seconds}
 
 
+def _notes(dataset_path, kind, processes_num):
+    """What the user may not expect from the options given (printed as `note:` lines)."""
+    notes = []
+    if kind == JSON_ARRAY and processes_num > 1:
+        notes.append(f"--processes_num {processes_num}: a .json array is read by one process; "
+                     "JSON lines (.jsonl) are split across processes")
+    if dataset_path.rstrip(os.sep).endswith(".pt"):
+        notes.append(f"--dataset_path {dataset_path} is a folder (meta.json + shards), not a "
+                     "TencentPretrain .pt file; give pretrain.py the same path")
+    return notes
+
+
+def skip_reasons(skipped, seq_length_to_keep, form="{n:,} {why}"):
+    """"N reason, ..." of the skipped units; a length skip says the --seq_length that fits."""
+    reasons = []
+    for why, n in sorted(skipped.items()):
+        reason = form.format(n=n, why=why)
+        if why == PROMPT_TOO_LONG and seq_length_to_keep:
+            reason += f" (--seq_length {seq_length_to_keep} or more would keep them)"
+        reasons.append(reason)
+    return ", ".join(reasons)
+
+
 def format_summary(summary):
     """The end-of-run summary block printed by preprocess.py."""
-    skipped = ", ".join(f"{n:,} {why}" for why, n in summary["skipped"].items()) or "none"
+    skipped = skip_reasons(summary["skipped"], summary["seq_length_to_keep"]) or "none"
     lines = [
         f"dataset    {summary['dataset_path']} ({summary['shards']} shard(s))",
         f"corpus     {summary['corpus_path']} ({summary['corpus_bytes'] / 1e6:,.1f} MB)",
-        f"{summary['noun']:<10} {summary['documents']:,}",
+        f"{summary['noun']:<10} {summary['read']:,} read, {summary['documents']:,} kept, "
+        f"{summary['read'] - summary['documents']:,} skipped",
         f"samples    {summary['samples']:,}",
         f"tokens     {summary['tokens']:,}",
         f"skipped    {skipped}",
@@ -333,4 +361,5 @@ def format_summary(summary):
         lines.append(f"fill       {summary['fill']:.1%} of seq_length + 1 tokens per sample ({how})")
     lines.append(f"speed      {summary['tokens_per_s']:,.0f} tokens/s, {summary['mb_per_s']:,.1f} MB/s "
                  f"({summary['seconds']:.2f} s, {summary['processes']} process(es))")
+    lines += [f"note: {note}" for note in summary["notes"]]
     return "\n".join(lines)

@@ -16,6 +16,7 @@ inherits behaviour from the other; both read the run's resolved ``RunSettings``.
 """
 import abc
 import contextlib
+import io
 import os
 import pickle
 import warnings
@@ -152,7 +153,7 @@ class TorchBackend(Backend):
 
     @property
     def lr(self):
-        return self.scheduler.get_last_lr()[0]
+        return self.optimizer.param_groups[0]["lr"]  # also right after resume_schedule
 
     def all_reduce_sum(self, tensor):
         return tensor
@@ -187,7 +188,8 @@ class DeepSpeedBackend(Backend):
         # DeepSpeed still calls torch.distributed functions torch has deprecated (not ours to fix)
         warnings.filterwarnings("ignore", message=r".*is deprecated\. Please use .*_single",
                                 category=FutureWarning)
-        deepspeed.init_distributed()
+        with contextlib.redirect_stdout(io.StringIO()):  # its CPU backend prints a build line
+            deepspeed.init_distributed()                  # per rank (its logger is unaffected)
         self.deepspeed = deepspeed
         self.settings = settings
         self.ds_config = settings.ds_config

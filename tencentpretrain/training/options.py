@@ -12,7 +12,7 @@ from tencentpretrain.data import PROCESSORS
 from tencentpretrain.layers.lora import MODULES_TO_SAVE, TARGETS, LoraConfig, parse_names
 from tencentpretrain.tokenizer import add_tokenizer_options
 from tencentpretrain.training.errors import TrainingError
-from tencentpretrain.training.logs import LEVELS
+from tencentpretrain.training.logs import LEVELS, before_deepspeed_import
 from tencentpretrain.training.scheduler import SCHEDULERS
 from tencentpretrain.training.settings import Launch
 
@@ -147,6 +147,7 @@ def lora_config(args, saved=None):
 
 def _add_deepspeed_arguments(parser):
     """--deepspeed/--deepspeed_config, from DeepSpeed itself when it is installed."""
+    before_deepspeed_import()
     try:
         import deepspeed
     except ImportError:

@@ -14,7 +14,7 @@ class Reporter:
         self.bar = self.writer = None
         self.total_steps, self.start_step = total_steps, start_step
         self.started = time.perf_counter()
-        self.tokens, self.last_loss, self.best_loss = 0, None, None
+        self.tokens, self.first_loss, self.last_loss, self.best_loss = 0, None, None, None
         if not self.active:
             return
         self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
@@ -34,6 +34,7 @@ class Reporter:
         self.tokens += tokens
 
     def report(self, step, loss, lr, grad_norm, tokens_per_s, mfu):
+        self.first_loss = loss if self.first_loss is None else self.first_loss
         self.last_loss = loss
         self.best_loss = loss if self.best_loss is None else min(self.best_loss, loss)
         if not self.active:
@@ -54,14 +55,18 @@ class Reporter:
                 self.writer.add_scalar(f"train/{name}", value, step)
             self.writer.flush()
 
-    def summary(self, step):
-        """The end-of-run line: steps, time, tokens, mean throughput, last and best loss."""
+    def summary(self, step, outputs=()):
+        """The end of the run: steps, time, tokens, mean throughput, first, last and best
+        reported loss, then a line per output (``outputs``: (what, where) pairs)."""
         elapsed = time.perf_counter() - self.started
         line = (f"finished steps {self.start_step + 1}..{step} in {_duration(elapsed)}: "
                 f"{self.tokens:,} tokens, {self.tokens / max(elapsed, 1e-9):,.0f} tokens/s")
         if self.last_loss is not None:
-            line += f", last loss {self.last_loss:.4f}, best {self.best_loss:.4f}"
+            line += (f", loss first {self.first_loss:.4f}, last {self.last_loss:.4f}, "
+                     f"best {self.best_loss:.4f}")
         self.say(line)
+        for what, where in outputs:
+            self.say(f"  {what:<14} {where}")
 
     def close(self):
         if self.bar is not None:

@@ -37,3 +37,14 @@ def lr_multiplier(kind, total_steps, warmup, power=0.5):
 
 def build_scheduler(optimizer, multiplier):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
+
+
+def resume_schedule(scheduler, learning_rate):
+    """After a checkpoint's optimizer and scheduler states are loaded (they hold the saved
+    run's rates): the rate of the next step from this run's ``--learning_rate`` and schedule,
+    so options changed on resume apply from the first resumed step. Unchanged options give
+    the rate LambdaLR itself would (the same expression), so an exact resume stays exact."""
+    scheduler.base_lrs = [learning_rate] * len(scheduler.base_lrs)
+    for group, multiplier in zip(scheduler.optimizer.param_groups, scheduler.lr_lambdas):
+        group["initial_lr"] = learning_rate
+        group["lr"] = learning_rate * multiplier(scheduler.last_epoch)

@@ -26,7 +26,7 @@ from tencentpretrain.training.metrics import (Throughput, flops_per_token, full_
                                               peak_flops)
 from tencentpretrain.training.options import check_args, lora_config
 from tencentpretrain.training.reporting import Reporter
-from tencentpretrain.training.scheduler import lr_multiplier
+from tencentpretrain.training.scheduler import lr_multiplier, resume_schedule
 from tencentpretrain.training.settings import Launch, resolve, single_rank_environment
 
 
@@ -101,8 +101,9 @@ def _train(args):
                             prefix_lm_loss=args.prefix_lm_loss)
     start_step = resume(args, backend, batches) if args.resume_from_checkpoint else 0
     say(f"training {model.config.source}: {parameter_summary(model)}, "
-        f"{backend.world_size} rank(s), {backend.precision}, batch {settings.batch_size}"
-        f" x {settings.accumulation_steps} accumulation x {backend.world_size} ranks, steps "
+        f"{backend.world_size} rank(s) on {backend.device.type}, {backend.precision}, batch "
+        f"{settings.batch_size} x {settings.accumulation_steps} accumulation x "
+        f"{backend.world_size} ranks, steps "
         f"{start_step + 1}..{args.total_steps}")
     if backend.zero3:
         say(partition_summary(model))
@@ -203,13 +204,45 @@ def resume(args, backend, batches):
         say(f"resuming {state['world_size']} rank(s) -> {backend.world_size}: weights and "
             f"optimizer state re-partitioned from {os.path.join(directory, load_tag)}")
     backend.load_checkpoint(directory, load_tag)
+    resume_schedule(backend.scheduler, args.learning_rate)
     try:
         batches.load_state_dict(state["data"])
     except ValueError as e:
         raise TrainingError(f"--resume_from_checkpoint {directory}: {e}") from None
     ckpt.set_rng_state(state["rng"])
     say(f"resumed from {os.path.join(directory, tag)} at step {state['step']}")
+    if "schedule" in state:  # saves before the schedule was recorded have none
+        note = schedule_change(state["schedule"], schedule_options(args), state["step"] + 1)
+        if note:
+            say(note)
     return state["step"]
+
+
+SCHEDULE_OPTIONS = ("learning_rate", "scheduler", "warmup", "lr_decay", "total_steps")
+
+
+def schedule_options(args):
+    """The options the learning rate of every step follows (saved with each checkpoint)."""
+    return {name: getattr(args, name) for name in SCHEDULE_OPTIONS}
+
+
+def schedule_change(saved, current, step):
+    """A `note:` when the resumed run's schedule differs from the saved run's (the schedule
+    is a function of the options, see scheduler.py), with the rate at the next step under
+    each; None when they agree."""
+    changed = [f"--{name} {saved[name]} -> {current[name]}" for name in SCHEDULE_OPTIONS
+               if saved.get(name) != current[name]]
+    if not changed:
+        return None
+
+    def rate(options):
+        multiplier = lr_multiplier(options["scheduler"], options["total_steps"],
+                                   options["warmup"], options["lr_decay"])
+        return options["learning_rate"] * multiplier(step - 1)  # LambdaLR counts from 0
+
+    return (f"note: the learning-rate schedule differs from the saved run's "
+            f"({', '.join(changed)}): step {step} trains at lr {rate(current):.3e} instead of "
+            f"{rate(saved):.3e}")
 
 
 def train_step(backend, micro_batches):
@@ -246,16 +279,35 @@ def loop(args, settings, backend, model, batches, start_step, seq_length):
             throughput.add(tokens)
             reporter.add_tokens(tokens)
             reporter.advance()
-            if step % args.report_steps == 0 or step == args.total_steps:
+            # the first step too: a short run shows its start, a long one that it started
+            if step % args.report_steps == 0 or step in (start_step + 1, args.total_steps):
                 tokens_per_s, mfu = throughput.report()
                 reporter.report(step, window_loss / max(window_tokens, 1), lr, float(grad_norm),
                                 tokens_per_s, mfu)
                 window_loss, window_tokens = 0.0, 0
             if step % args.save_checkpoint_steps == 0 or step == args.total_steps:
                 save(args, backend, model, batches, step, reporter)
-        reporter.summary(args.total_steps)
+        reporter.summary(args.total_steps, output_paths(args))
     finally:
         reporter.close()
+
+
+def output_paths(args):
+    """(what, where) of everything a run writes, for the end-of-run summary."""
+    out = args.output_model_path
+    if args.use_lora:
+        weights, settings = adapter_files(out)
+        final = ("final adapter", f"{weights} + {settings} (each save: {out}-STEP.safetensors)")
+    else:
+        final = ("final weights", f"{out} (each save: {out}-STEP)")
+    kept = f", newest {args.save_total_limit} kept" if args.save_total_limit else ""
+    paths = [final, ("checkpoints", f"{ckpt.checkpoints_dir(out)} (--resume_from_checkpoint{kept})")]
+    if args.tensorboard_dir:
+        paths.append(("TensorBoard", f"{args.tensorboard_dir} (tensorboard --logdir "
+                                     f"{args.tensorboard_dir})"))
+    if args.log_path:
+        paths.append(("run log", args.log_path))
+    return paths
 
 
 def save(args, backend, model, batches, step, reporter):
@@ -270,7 +322,7 @@ def save(args, backend, model, batches, step, reporter):
         ckpt.save_weights(model, path, backend.zero3, backend.rank)
     directory, tag = ckpt.checkpoints_dir(args.output_model_path), ckpt.tag_of(step)
     state = {"step": step, "world_size": backend.world_size, "data": batches.state_dict(),
-             "rng": ckpt.rng_state()}
+             "rng": ckpt.rng_state(), "schedule": schedule_options(args)}
     ckpt.save_trainer_state(directory, tag, backend.rank, state)
     backend.save_checkpoint(directory, tag)
     backend.barrier()

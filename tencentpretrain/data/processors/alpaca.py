@@ -13,7 +13,8 @@ import numpy as np
 from ...prompts import ALPACA_TEMPLATE, build_prompt, load_template
 from ..format import OFFSET_DTYPE, PROMPT_DTYPE
 from ..packing import PACK_BLOCK, pack_order
-from .base import BATCH_CHARS, ConcatReader, Processor, iter_raw, text_field
+from .base import (BATCH_CHARS, PROMPT_TOO_LONG, ConcatReader, Processor, iter_raw,
+                   text_field)
 
 
 class AlpacaProcessor(Processor):
@@ -54,7 +55,8 @@ class AlpacaProcessor(Processor):
         for prompt, answer in zip(ids[:len(self.prompts)], ids[len(self.prompts):]):
             prompt = bos + prompt
             if len(prompt) >= limit:
-                self.skipped["prompt too long for seq_length"] += 1
+                self.skipped[PROMPT_TOO_LONG] += 1  # bos + prompt + one answer token must fit
+                self.seq_length_to_keep = max(self.seq_length_to_keep, len(prompt))
                 continue
             sample = prompt + answer + [eos]
             if len(sample) > limit:

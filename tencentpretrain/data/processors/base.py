@@ -19,6 +19,7 @@ from ..format import CorpusError, numpy_dtype
 
 COPY_ITEMS = 1 << 22  # tokens / offsets per step when the main process assembles shards
 BATCH_CHARS = 1 << 20  # text per tokenizer call: bounds the Python id lists (tens of MB)
+PROMPT_TOO_LONG = "prompt too long for seq_length"  # a skip reason; see seq_length_to_keep
 JSON_TYPES = {dict: "an object", list: "an array", int: "a number", float: "a number",
               bool: "a boolean", type(None): "null"}
 
@@ -49,6 +50,7 @@ class Processor:
         self.files = {ext: open(task.prefix + ext, "wb") for ext in self.extensions}
         self.documents, self.tokens, self.truncated, self.chars = 0, 0, 0, 0
         self.skipped = Counter()
+        self.seq_length_to_keep = 0  # the least --seq_length that skips no unit for its length
 
     @classmethod
     def check_corpus(cls, corpus_path, kind):
@@ -82,7 +84,8 @@ class Processor:
         for f in self.files.values():
             f.close()
         return {"documents": self.documents, "tokens": self.tokens,
-                "truncated": self.truncated, "skipped": dict(self.skipped)}
+                "truncated": self.truncated, "skipped": dict(self.skipped),
+                "seq_length_to_keep": self.seq_length_to_keep}
 
     def flush(self):
         raise NotImplementedError
