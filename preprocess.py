@@ -11,10 +11,10 @@ import argparse
 import signal
 import sys
 
-from tencentpretrain.data import PROCESSORS, DatasetError, format_summary, preprocess
+from tencentpretrain.data import PROCESSORS, format_summary, preprocess
 from tencentpretrain.data.format import SHARD_TOKENS
-from tencentpretrain.prompts import TemplateError
-from tencentpretrain.tokenizer import TokenizerError, add_tokenizer_options
+from tencentpretrain.errors import UserError
+from tencentpretrain.tokenizer import add_tokenizer_options
 
 
 def build_parser():
@@ -76,7 +76,7 @@ def main(argv=None):
                              prompt_template=args.prompt_template, shard_tokens=args.shard_tokens,
                              progress=not args.no_progress, packing=args.packing,
                              tokenizer_path=args.tokenizer_path)
-    except (DatasetError, TokenizerError, TemplateError) as e:
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

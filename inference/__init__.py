@@ -1,13 +1,9 @@
-"""Command-line options and error reporting shared by the inference scripts."""
-from tencentpretrain.config import ConfigError
-from tencentpretrain.generation import GenerationError
-from tencentpretrain.prompts import TemplateError
-from tencentpretrain.tokenizer import TokenizerError, add_tokenizer_options
-from tencentpretrain.utils.cli import run as run_cli
-from tencentpretrain.utils.weights import WeightsError
+"""Command-line options shared by the inference scripts, and the package's one-line error
+reporting (``run``)."""
+from tencentpretrain.tokenizer import add_tokenizer_options
+from tencentpretrain.utils.cli import run
 
-# Bad input of any kind: reported as one line, never as a traceback.
-INPUT_ERRORS = (ConfigError, GenerationError, TemplateError, TokenizerError, WeightsError)
+__all__ = ["add_model_options", "run"]
 
 
 def add_model_options(parser):
@@ -25,7 +21,3 @@ def add_model_options(parser):
                        help="auto: bfloat16 (else float16) on GPU, float32 on CPU.")
     return group
 
-
-def run(main, errors=INPUT_ERRORS):
-    """Call ``main()`` with the package's one-line error reporting (exit 2, Ctrl-C 130)."""
-    run_cli(main, errors)

@@ -7,8 +7,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from inference import INPUT_ERRORS, add_model_options, run  # noqa: E402
-from tencentpretrain.data import DatasetError  # noqa: E402
+from inference import add_model_options, run  # noqa: E402
 from tencentpretrain.evaluation import evaluate_dataset, evaluate_text  # noqa: E402
 from tencentpretrain.generation import load_model_and_tokenizer  # noqa: E402
 
@@ -59,4 +58,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    run(main, INPUT_ERRORS + (DatasetError,))
+    run(main)

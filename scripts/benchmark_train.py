@@ -16,9 +16,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tencentpretrain.config import ConfigError, config_from_dict, load_config  # noqa: E402
+from tencentpretrain.config import config_from_dict, load_config  # noqa: E402
+from tencentpretrain.errors import UserError  # noqa: E402
 from tencentpretrain.layers.lora import LoraConfig  # noqa: E402
-from tencentpretrain.training import TrainingError  # noqa: E402
 from tencentpretrain.training.engine import make_backend  # noqa: E402
 from tencentpretrain.training.metrics import flops_per_token, peak_flops  # noqa: E402
 from tencentpretrain.training.options import _add_deepspeed_arguments  # noqa: E402
@@ -90,7 +90,7 @@ def main():
                             checkpoint_layers=1 if args.deepspeed_checkpoint_activations else 0,
                             multiplier=lambda step: 1.0, compile_layers=args.compile,
                             lora=LoraConfig(r=args.lora_r).check() if args.use_lora else None)
-    except (TrainingError, ConfigError) as e:
+    except UserError as e:
         sys.exit(f"error: {e}")
     generator = torch.Generator().manual_seed(backend.rank)
     batches = [random_batch(args, generator) for _ in range(4)]

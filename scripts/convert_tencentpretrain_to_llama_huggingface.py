@@ -9,12 +9,11 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tencentpretrain.config import ConfigError, load_config  # noqa: E402
+from tencentpretrain.config import load_config  # noqa: E402
 from tencentpretrain.convert.hf_llama import config_to_hf, tencentpretrain_to_hf  # noqa: E402
 from tencentpretrain.convert.hf_tokenizer import export_tokenizer  # noqa: E402
 from tencentpretrain.model_builder import vocab_size_of  # noqa: E402
-from tencentpretrain.tokenizer import (TokenizerError, add_tokenizer_options,  # noqa: E402
-                                       load_tokenizer)
+from tencentpretrain.tokenizer import add_tokenizer_options, load_tokenizer  # noqa: E402
 from tencentpretrain.utils.cli import run  # noqa: E402
 from tencentpretrain.utils.weights import (WeightsError, load_state_dict_file,  # noqa: E402
                                            save_state_dict_file)
@@ -36,7 +35,7 @@ def main(argv=None):
                 "tokenizer.json, its tokenizer_config.json (written when absent), "
                 "special_tokens_map.json and generation_config.json in the folder.")
     args = parser.parse_args(argv)
-    run(lambda: convert(args), (WeightsError, ConfigError, TokenizerError))
+    run(lambda: convert(args))
 
 
 def convert(args):
