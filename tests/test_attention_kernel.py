@@ -6,7 +6,7 @@ from torch.profiler import ProfilerActivity, profile
 
 import tencentpretrain
 from tests.conftest import ROOT
-from tests.test_training_helpers import TINY
+from tests.training_support import TINY
 
 TINY_GQA = f"{ROOT}/models/llama/tiny_gqa_config.json"  # grouped-query heads, as TinyLlama
 

@@ -10,7 +10,7 @@ from tencentpretrain.training import TrainingError
 from tencentpretrain.training.checkpointing import read_latest
 from tencentpretrain.training.engine import TorchBackend
 from tencentpretrain.utils.weights import WeightsError, load_state_dict_file
-from tests.test_training_helpers import logged_losses, pretrain_argv, run_in_process
+from tests.training_support import logged_losses, pretrain_argv, run_in_process
 
 
 def saves(output):

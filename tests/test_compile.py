@@ -1,5 +1,5 @@
 """--compile (torch.compile per transformer layer) trains exactly like eager."""
-from tests.test_training_helpers import logged_losses, pretrain_argv, run_in_process
+from tests.training_support import logged_losses, pretrain_argv, run_in_process
 
 
 def test_compiled_layers_train_like_eager(tmp_path, capsys):

@@ -14,7 +14,7 @@ from tencentpretrain import ConfigError
 import pretrain
 from tencentpretrain.training import TrainingError
 from tencentpretrain.training.logs import close_logging, setup_logging
-from tests.test_training_helpers import (TINY, ZERO3, logged_losses, pretrain_argv,
+from tests.training_support import (TINY, ZERO3, logged_losses, pretrain_argv,
                                          run_in_process, run_script)
 
 

@@ -20,7 +20,7 @@ from tencentpretrain.generation import (GenerationError, SamplingOptions, TextGe
                                         load_model_and_tokenizer, unescape_line)
 from tencentpretrain.prompts import ALPACA_TEMPLATE, build_prompt
 from tencentpretrain.tokenizer import TokenizerError, load_tokenizer
-from tests.test_training_helpers import TINY, logged_losses, run_in_process
+from tests.training_support import TINY, logged_losses, run_in_process
 
 TEXTS = ["Hello world", "北京是中国的首都。", "混合 text: GPU 显存 24GB, 价格 ¥1999!",
          "  two leading spaces", "tabs\tand\nnewlines"]

@@ -8,8 +8,8 @@ import sentencepiece as spm
 import tencentpretrain
 from tencentpretrain.convert.hf_tokenizer import write_hf_tokenizer
 from tencentpretrain.utils.weights import save_state_dict_file
-from tests.test_training_helpers import TINY
-from tests.test_vocab_helpers import english_texts, held_out_chinese, merged_tokenizer
+from tests.training_support import TINY
+from tests.vocab_support import english_texts, held_out_chinese, merged_tokenizer
 
 transformers = pytest.importorskip("transformers")
 

@@ -11,7 +11,7 @@ from tencentpretrain.config import load_config
 from tencentpretrain.data.batching import collate
 from tencentpretrain.data.dataset import Sample
 from tencentpretrain.targets import linear_cross_entropy as lce
-from tests.test_training_helpers import TINY
+from tests.training_support import TINY
 
 
 def plain_loss(hidden, weight, labels, loss_mask):

@@ -17,7 +17,7 @@ from tencentpretrain.training import TrainingError
 from tencentpretrain.utils.weights import (WeightsError, load_state_dict_file,
                                            save_state_dict_file)
 from tests.conftest import ROOT
-from tests.test_training_helpers import logged_losses, pretrain_argv, run_in_process
+from tests.training_support import logged_losses, pretrain_argv, run_in_process
 
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")

@@ -14,7 +14,7 @@ from tencentpretrain.evaluation import evaluate_dataset
 from tencentpretrain.tokenizer import SpmTokenizer
 from tencentpretrain.utils.weights import load_state_dict_file, save_state_dict_file
 from tests.test_pretrain_deepspeed import DEEPSPEED, assert_same_run, launch, one_process
-from tests.test_training_helpers import LLAMA_SPM, datasets, logged_losses, pretrain_argv
+from tests.training_support import LLAMA_SPM, datasets, logged_losses, pretrain_argv
 
 GQA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models",
                    "llama", "tiny_gqa_config.json")

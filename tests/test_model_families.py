@@ -283,7 +283,7 @@ def test_training_the_new_features_then_exporting(tmp_path, features):
     """pretrain.py trains a Qwen2-like / Mistral-like config (window 16 < seq_length 64, scaled
     RoPE), the loss falls, and transformers computes the trained model's logits."""
     from tencentpretrain.config import save_config
-    from tests.test_training_helpers import logged_losses, pretrain_argv, run_in_process
+    from tests.training_support import logged_losses, pretrain_argv, run_in_process
     tiny = load_config(os.path.join(ROOT, "models", "llama", "tiny_config.json"))
     config = tiny.__class__(**{**tiny.__dict__, **features})
     save_config(config, str(tmp_path / "config.json"))

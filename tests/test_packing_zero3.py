@@ -1,7 +1,7 @@
 """A real 2-rank DeepSpeed ZeRO-3 run of pretrain.py on a packed alpaca dataset (one launch)."""
 import pytest
 
-from tests.test_training_helpers import datasets, logged_losses, pretrain_argv, run_script, ZERO3
+from tests.training_support import datasets, logged_losses, pretrain_argv, run_script, ZERO3
 
 LAUNCHER = ["deepspeed", "--num_gpus", "2"]
 DEEPSPEED = ["--deepspeed", "--deepspeed_config", ZERO3, "--enable_zero3", "--world_size", "2"]

@@ -15,7 +15,7 @@ import torch
 
 import tencentpretrain
 from tencentpretrain.utils.weights import load_state_dict_file
-from tests.test_training_helpers import (TINY, ZERO3, logged_losses, pretrain_argv,
+from tests.training_support import (TINY, ZERO3, logged_losses, pretrain_argv,
                                          run_in_process, run_script)
 
 LAUNCHER = ["deepspeed", "--num_gpus", "2"]

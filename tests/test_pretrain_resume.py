@@ -6,7 +6,7 @@ import torch
 
 from tencentpretrain.training.checkpointing import read_latest
 from tencentpretrain.utils.weights import load_state_dict_file
-from tests.test_training_helpers import logged_losses, pretrain_argv, run_in_process
+from tests.training_support import logged_losses, pretrain_argv, run_in_process
 
 
 def test_resume_is_bitwise_exact(tmp_path, capsys):

@@ -9,7 +9,7 @@ import tencentpretrain
 from tencentpretrain.data import DatasetError
 from tencentpretrain.errors import UserError
 from tencentpretrain.utils.weights import save_state_dict_file
-from tests.test_training_helpers import (CHINESE_SPM, TINY, ZERO2, ZERO3, datasets,
+from tests.training_support import (CHINESE_SPM, TINY, ZERO2, ZERO3, datasets,
                                          pretrain_argv, run_in_process, run_script)
 
 

@@ -10,7 +10,7 @@ from tencentpretrain.training.engine import TorchBackend
 from tencentpretrain.training.loss import scaled_loss
 from tencentpretrain.training.scheduler import lr_multiplier
 from tests.conftest import one_process_settings
-from tests.test_training_helpers import LLAMA_SPM, TINY, datasets
+from tests.training_support import LLAMA_SPM, TINY, datasets
 
 
 def alpaca_batch(batch_size=4, prefix_lm_loss=True):
@@ -105,7 +105,7 @@ def test_schedules(kind, expected):
 
 def test_every_schedule_the_help_lists_is_accepted_and_lr_decay_is_the_power():
     from tencentpretrain.training import build_parser
-    from tests.test_training_helpers import pretrain_argv
+    from tests.training_support import pretrain_argv
     parser = build_parser()
     for kind in ("linear", "cosine", "polynomial", "constant", "constant_with_warmup"):
         assert parser.parse_args(pretrain_argv("m", extra=["--scheduler", kind])).scheduler == kind

@@ -12,8 +12,8 @@ from tencentpretrain.utils.weights import WeightsError, load_state_dict_file, sa
 from tencentpretrain.vocab.extend import extend_vocab
 from tencentpretrain.vocab.merge import merge_tokenizers, tokenization_stats
 from tencentpretrain.vocab.spm_model import load_proto
-from tests.test_training_helpers import LLAMA_SPM, TINY
-from tests.test_vocab_helpers import (clue_lines, english_texts, held_out_chinese,
+from tests.training_support import LLAMA_SPM, TINY
+from tests.vocab_support import (clue_lines, english_texts, held_out_chinese,
                                       merged_tokenizer)
 
 BASE_VOCAB = 32000

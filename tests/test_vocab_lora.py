@@ -6,8 +6,8 @@ import torch
 import tencentpretrain
 from tencentpretrain.utils.weights import load_state_dict_file, save_state_dict_file
 from tencentpretrain.vocab.extend import extend_vocab
-from tests.test_training_helpers import LLAMA_SPM, TINY, _preprocess, logged_losses, run_in_process
-from tests.test_vocab_helpers import clue_lines, merged_tokenizer
+from tests.training_support import LLAMA_SPM, TINY, _preprocess, logged_losses, run_in_process
+from tests.vocab_support import clue_lines, merged_tokenizer
 
 
 def test_lora_with_modules_to_save_trains_the_new_rows(tmp_path, capsys):

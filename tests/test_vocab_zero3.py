@@ -10,9 +10,9 @@ import torch
 import tencentpretrain
 from tencentpretrain.utils.weights import load_state_dict_file, save_state_dict_file
 from tencentpretrain.vocab.extend import extend_vocab
-from tests.test_training_helpers import (LLAMA_SPM, TINY, ZERO3, _preprocess, logged_losses,
+from tests.training_support import (LLAMA_SPM, TINY, ZERO3, _preprocess, logged_losses,
                                          run_script)
-from tests.test_vocab_helpers import clue_lines, held_out_chinese, merged_tokenizer
+from tests.vocab_support import clue_lines, held_out_chinese, merged_tokenizer
 
 STEPS = 10
 

@@ -6,7 +6,7 @@ import os
 import tempfile
 
 from tests.conftest import SHARED_DATA
-from tests.test_training_helpers import LLAMA_SPM
+from tests.training_support import LLAMA_SPM
 
 CLUE = os.path.join(SHARED_DATA, "CLUECorpusSmall_sampled.txt")
 TRAIN_LINES, HELD_OUT_LINES = 400, 40  # the domain model trains on the head, tests on the tail
