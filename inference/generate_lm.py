@@ -10,8 +10,9 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from inference import add_model_options, run  # noqa: E402
-from tencentpretrain.generation import (GenerationError, SamplingOptions,  # noqa: E402
-                                        TextGenerator, load_model_and_tokenizer)
+from inference.text_io import generate_file, interactive  # noqa: E402
+from tencentpretrain.generation import GenerationError, SamplingOptions, TextGenerator  # noqa: E402
+from tencentpretrain.model_builder import load_model_and_tokenizer  # noqa: E402
 from tencentpretrain.prompts import ALPACA_TEMPLATE, load_template  # noqa: E402
 
 
@@ -71,9 +72,9 @@ def main(argv=None):
     generator = TextGenerator(model, tokenizer, args.seq_length, args.max_new_tokens, options,
                               template, args.seed)
     if args.interactive:
-        generator.interactive(sys.stdin, sys.stdout)
+        interactive(generator, sys.stdin, sys.stdout)
     else:
-        count = generator.generate_file(args.test_path, args.prediction_path, args.batch_size)
+        count = generate_file(generator, args.test_path, args.prediction_path, args.batch_size)
         noun = "continuation" if count == 1 else "continuations"
         print(f"wrote {count} {noun} to {args.prediction_path}", file=sys.stderr)
 

@@ -10,7 +10,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 import tencentpretrain  # noqa: E402
-from tencentpretrain.generation import SamplingOptions, generate, pick_device_dtype  # noqa: E402
+from tencentpretrain.generation import SamplingOptions, generate  # noqa: E402
+from tencentpretrain.model_builder import pick_device_dtype  # noqa: E402
 
 
 def tokens_per_second(model, prompts, new_tokens, use_cache):

@@ -16,6 +16,7 @@ _LAZY = {
     "load_config": "tencentpretrain.config",
     "build_model": "tencentpretrain.model_builder",
     "load_model": "tencentpretrain.model_builder",
+    "load_model_and_tokenizer": "tencentpretrain.model_builder",
     "WeightsError": "tencentpretrain.utils.weights",
 }
 

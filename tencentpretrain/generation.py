@@ -6,16 +6,13 @@ row decodes exactly as it would alone. With the KV cache a new token costs one
 position of compute; rows that finish (EOS or their length limit) are dropped
 from the batch and the cache, so the others do not keep paying for them.
 """
-import re
 from dataclasses import dataclass
 
 import torch
 
 from tencentpretrain.errors import UserError
 from tencentpretrain.layers.kv_cache import KVCache
-from tencentpretrain.model_builder import load_model
 from tencentpretrain.prompts import build_prompt
-from tencentpretrain.tokenizer import load_tokenizer
 
 
 class GenerationError(UserError):
@@ -162,80 +159,6 @@ def generate(model, prompts, max_new_tokens, max_length=None, eos_id=None, pad_i
         key_mask = torch.cat([key_mask, key_mask.new_ones((len(token), 1))], dim=1)
 
 
-class StreamPrinter:
-    """Prints one row's continuation as tokens arrive (``on_token``), holding back a
-    piece while it ends in an incomplete UTF-8 sequence (byte-fallback tokens)."""
-
-    def __init__(self, tokenizer, out):
-        self.tokenizer, self.out = tokenizer, out
-        self.ids, self.printed = [], 0
-
-    def __call__(self, row, token_id):
-        self.ids.append(token_id)
-        text = self.tokenizer.decode(self.ids)
-        if not text.endswith("\ufffd"):
-            self.out.write(text[self.printed:])
-            self.out.flush()
-            self.printed = len(text)
-
-    def finish(self):
-        text = self.tokenizer.decode(self.ids)
-        self.out.write(text[self.printed:] + "\n")
-        self.out.flush()
-        self.ids, self.printed = [], 0
-
-
-def escape_line(text):
-    r"""One continuation per output line: ``\`` -> ``\\``, newline -> ``\n``, CR -> ``\r``."""
-    return text.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
-
-
-def unescape_line(line):
-    """The continuation text back from a line written by ``escape_line``."""
-    return re.sub(r"\\(.)", lambda m: {"n": "\n", "r": "\r"}.get(m.group(1), m.group(1)), line)
-
-
-def pick_device_dtype(device="auto", dtype="auto"):
-    """bf16 (else fp16) on GPU, float32 on CPU, unless asked otherwise."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if dtype == "auto":
-        if not device.startswith("cuda"):
-            dtype = "float32"
-        else:
-            dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-    return device, getattr(torch, dtype)
-
-
-def load_model_and_tokenizer(config_path, model_path, spm_model_path, device="auto",
-                             dtype="auto", lora_model_path=None, tokenizer_path=None):
-    """The checkpoint's vocabulary must be the tokenizer's: checked by load_model. The
-    tokenizer: ``spm_model_path`` or ``tokenizer_path`` (tokenizer.py's load_tokenizer)."""
-    tokenizer = load_tokenizer(spm_model_path, tokenizer_path)
-    device, dtype = pick_device_dtype(device, dtype)
-    model = load_model(config_path, model_path, vocab_size=tokenizer.vocab_size, dtype=dtype,
-                       device=device, lora_model_path=lora_model_path)
-    return model.eval(), tokenizer
-
-
-def read_prompts(path):
-    """One prompt per line (kept literally, no unescaping); line numbers for errors."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except OSError as e:
-        raise GenerationError(f"--test_path {path}: {e.strerror}") from None
-    except UnicodeDecodeError as e:
-        raise GenerationError(f"--test_path {path}: not UTF-8 text ({e.reason} at byte "
-                              f"{e.start})") from None
-    lines = [line.removesuffix("\r") for line in text.split("\n")]
-    if lines and lines[-1] == "":
-        lines.pop()  # the final newline ends the last line, it does not start another
-    if not any(line.strip() for line in lines):
-        raise GenerationError(f"--test_path {path}: no prompts (the file is empty)")
-    return lines
-
-
 class TextGenerator:
     """Text in, text out: template, BOS, length checks, decoding of the new tokens only."""
 
@@ -271,33 +194,3 @@ class TextGenerator:
                            options=self.options, generator=self.generator, on_token=on_token,
                            vocab_size=self.tokenizer.vocab_size)
         return [self.tokenizer.decode(ids) for ids in new_ids]
-
-    def generate_file(self, test_path, prediction_path, batch_size=1):
-        """All prompts are checked before the first is generated from."""
-        lines = read_prompts(test_path)
-        prompts = [self.encode(line, f"--test_path {test_path}:{i}")
-                   for i, line in enumerate(lines, 1)]
-        with open(prediction_path, "w", encoding="utf-8") as out:
-            for start in range(0, len(prompts), batch_size):
-                for text in self.complete(prompts[start:start + batch_size]):
-                    out.write(escape_line(text) + "\n")
-                out.flush()
-        return len(prompts)
-
-    def interactive(self, stdin, stdout, prompt_marker="> "):
-        """Read a prompt per line until EOF, stream each answer token by token."""
-        printer = StreamPrinter(self.tokenizer, stdout)
-        while True:
-            stdout.write(prompt_marker)
-            stdout.flush()
-            line = stdin.readline()
-            if not line:
-                stdout.write("\n")
-                return
-            try:
-                prompt = self.encode(line.rstrip("\r\n"))
-            except GenerationError as e:
-                stdout.write(f"error: {e}\n")
-                continue
-            self.complete([prompt], on_token=printer)
-            printer.finish()

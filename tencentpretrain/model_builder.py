@@ -10,6 +10,7 @@ from tencentpretrain.layers import (str2act, str2feedforward, str2layernorm,
 from tencentpretrain.layers.masks import str2mask
 from tencentpretrain.models.model import Model
 from tencentpretrain.targets import str2target
+from tencentpretrain.tokenizer import load_tokenizer
 from tencentpretrain.utils.weights import WeightsError, load_state_dict_file
 
 # (config key, human name, registry): every config string is looked up here first.
@@ -125,3 +126,26 @@ def load_model(config_path, model_path=None, vocab_size=None, dtype=None, device
     if dtype is not None:
         model = model.to(dtype)
     return model.eval() if model_path is not None else model
+
+
+def pick_device_dtype(device="auto", dtype="auto"):
+    """bf16 (else fp16) on GPU, float32 on CPU, unless asked otherwise."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if dtype == "auto":
+        if not device.startswith("cuda"):
+            dtype = "float32"
+        else:
+            dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    return device, getattr(torch, dtype)
+
+
+def load_model_and_tokenizer(config_path, model_path, spm_model_path, device="auto",
+                             dtype="auto", lora_model_path=None, tokenizer_path=None):
+    """The checkpoint's vocabulary must be the tokenizer's: checked by load_model. The
+    tokenizer: ``spm_model_path`` or ``tokenizer_path`` (tokenizer.py's load_tokenizer)."""
+    tokenizer = load_tokenizer(spm_model_path, tokenizer_path)
+    device, dtype = pick_device_dtype(device, dtype)
+    model = load_model(config_path, model_path, vocab_size=tokenizer.vocab_size, dtype=dtype,
+                       device=device, lora_model_path=lora_model_path)
+    return model.eval(), tokenizer

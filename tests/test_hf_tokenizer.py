@@ -16,8 +16,9 @@ from inference import run
 from inference.evaluate_ppl import main as evaluate_main
 from inference.generate_lm import main as generate_main
 from tencentpretrain.data import DatasetError, TokenDataset, preprocess
-from tencentpretrain.generation import (GenerationError, SamplingOptions, TextGenerator,
-                                        load_model_and_tokenizer, unescape_line)
+from inference.text_io import unescape_line
+from tencentpretrain.generation import GenerationError, SamplingOptions, TextGenerator
+from tencentpretrain.model_builder import load_model_and_tokenizer
 from tencentpretrain.prompts import ALPACA_TEMPLATE, build_prompt
 from tencentpretrain.tokenizer import TokenizerError, load_tokenizer
 from tests.training_support import TINY, logged_losses, run_in_process
