@@ -47,6 +47,8 @@ def build_parser():
     parser.add_argument("--report_steps", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=3, help="Runs of each, alternating.")
     parser.add_argument("--work_dir", default=None, help="Default: a temporary directory.")
+    parser.add_argument("--ours_options", default="",
+                        help='Extra pretrain.py options for our side only, e.g. "--compile".')
     return parser
 
 
@@ -107,7 +109,8 @@ def ours(args, work, corpus):
          args.spm_model_path, "--config_path", config, "--output_model_path",
          os.path.join(work, "ours_model", "m"), "--total_steps", str(args.total_steps),
          "--save_checkpoint_steps", str(10 * args.total_steps), "--report_steps",
-         str(args.report_steps), "--batch_size", str(args.batch_size), "--data_processor", "lm"],
+         str(args.report_steps), "--batch_size", str(args.batch_size), "--data_processor", "lm",
+         *args.ours_options.split()],
         OURS_REPORT)
 
 
