@@ -22,15 +22,15 @@ def chunk_tokens_for(vocab_size):
 
 
 class LinearCrossEntropy(torch.autograd.Function):
-    """loss_sum = sum over masked-in tokens of cross_entropy(hidden @ weight.T, labels).
+    """loss_sum = sum over tokens of cross_entropy(hidden @ weight.T, labels).
 
-    hidden [tokens, hidden_size], weight [vocab, hidden_size], labels [tokens] (any value
-    where loss_mask is False), loss_mask [tokens] bool. ``compute_dtype`` is the matmul dtype
-    (bf16 under autocast); log-softmax is always fp32. Returns a 0-dim fp32 tensor.
+    hidden [tokens, hidden_size], weight [vocab, hidden_size], labels [tokens]: every token
+    counts (``linear_cross_entropy`` drops the others first). ``compute_dtype`` is the matmul
+    dtype (bf16 under autocast); log-softmax is always fp32. Returns a 0-dim fp32 tensor.
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, labels, loss_mask, compute_dtype, with_grads):
+    def forward(ctx, hidden, weight, labels, compute_dtype, with_grads):
         with torch.autocast(hidden.device.type, enabled=False):
             h, w = hidden.to(compute_dtype), weight.to(compute_dtype)
             loss_sum = torch.zeros((), dtype=torch.float32, device=hidden.device)
@@ -43,8 +43,7 @@ class LinearCrossEntropy(torch.autograd.Function):
             buffer = torch.empty(step, w.shape[0], dtype=torch.float32, device=h.device)
             for start in range(0, h.shape[0], step):
                 h_c = h[start:start + step]
-                keep = loss_mask[start:start + step, None]
-                targets = torch.where(keep, labels[start:start + step, None], 0)
+                targets = labels[start:start + step, None]
                 logits = buffer[:h_c.shape[0]]
                 if compute_dtype == torch.float32:
                     torch.mm(h_c, w.t(), out=logits)
@@ -53,23 +52,18 @@ class LinearCrossEntropy(torch.autograd.Function):
                 logits.sub_(logits.amax(dim=1, keepdim=True))  # shifted: exp cannot overflow
                 target_logits = logits.gather(1, targets)
                 normaliser = logits.exp_().sum(dim=1, keepdim=True)
-                token_loss = normaliser.log() - target_logits
-                loss_sum += torch.where(keep, token_loss, 0.0).sum()
+                loss_sum += (normaliser.log() - target_logits).sum()
                 if not with_grads:
                     continue
-                # d loss / d logits = softmax - one_hot(target); masked-out tokens get none:
-                # their rows are zeroed in hidden (for the weight) and in the hidden gradient
+                # d loss / d logits = softmax - one_hot(target)
                 grad_logits = logits.div_(normaliser)
-                grad_logits.scatter_add_(1, targets, torch.full_like(token_loss, -1.0))
+                grad_logits.scatter_add_(1, targets, torch.full_like(target_logits, -1.0))
                 grad_logits = grad_logits.to(compute_dtype)
-                grad_hidden_c = grad_hidden[start:start + step]
-                torch.mm(grad_logits, w, out=grad_hidden_c)
-                grad_hidden_c.mul_(keep)
-                kept_h = h_c * keep
+                torch.mm(grad_logits, w, out=grad_hidden[start:start + step])
                 if grad_weight.dtype == compute_dtype:
-                    grad_weight.addmm_(grad_logits.t(), kept_h)
+                    grad_weight.addmm_(grad_logits.t(), h_c)
                 else:  # bf16 matmul, fp32 sum over chunks
-                    grad_weight += grad_logits.t() @ kept_h
+                    grad_weight += grad_logits.t() @ h_c
         if with_grads:
             ctx.save_for_backward(grad_hidden, grad_weight)
         ctx.dtypes = hidden.dtype, weight.dtype
@@ -83,7 +77,7 @@ class LinearCrossEntropy(torch.autograd.Function):
             if ctx.needs_input_grad[0] else None
         grad_weight = (grad_weight * grad_loss).to(weight_dtype) \
             if ctx.needs_input_grad[1] else None
-        return grad_hidden, grad_weight, None, None, None, None
+        return grad_hidden, grad_weight, None, None, None
 
 
 def linear_cross_entropy(hidden, weight, labels, loss_mask):
@@ -97,5 +91,4 @@ def linear_cross_entropy(hidden, weight, labels, loss_mask):
     if not loss_mask.all():  # padding, prompts: no logits at all for tokens the loss skips
         kept = loss_mask.nonzero().squeeze(1)
         hidden, labels = hidden.index_select(0, kept), labels.index_select(0, kept)
-        loss_mask = torch.ones_like(labels, dtype=torch.bool)
-    return LinearCrossEntropy.apply(hidden, weight, labels, loss_mask, compute_dtype, with_grads)
+    return LinearCrossEntropy.apply(hidden, weight, labels, compute_dtype, with_grads)
