@@ -100,7 +100,7 @@ class SpmTokenizer(_Tokenizer):
             raise TokenizerError(f"{SPM_OPTION} is required")
         if not os.path.isfile(model_path):
             raise TokenizerError(f"{SPM_OPTION} {model_path}: no such file")
-        self.model_path = self.spm_model_path = self.path = model_path
+        self.spm_model_path = self.path = model_path
         self.sp = spm.SentencePieceProcessor()
         try:
             self.sp.Load(model_path)

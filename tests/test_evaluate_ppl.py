@@ -65,7 +65,7 @@ def test_prefix_lm_loss_needs_prompts(setup):
 def run_cli(setup, *args):
     tmp, config, _, tokenizer = setup
     return subprocess.run([sys.executable, EVALUATE, "--load_model_path", str(tmp / "tiny.bin"),
-                           "--config_path", config, "--spm_model_path", tokenizer.model_path,
+                           "--config_path", config, "--spm_model_path", tokenizer.path,
                            *map(str, args)], capture_output=True, text=True, timeout=120)
 
 

@@ -6,6 +6,8 @@ Parameter names follow TencentPretrain (``linear_layers`` = q, k, v;
 broadcasts each k/v head over its query group (``enable_gqa``), no copies.
 ``qkv_bias`` gives q/k/v (not the output) a bias, as Qwen2 has.
 """
+import functools
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -51,13 +53,8 @@ class MultiHeadedAttention(nn.Module):
         return self.final_linear(out.transpose(1, 2).reshape(batch, seq, -1))
 
 
-_FLEX = None
-
-
+@functools.cache
 def flex_attention():
     """FlexAttention, compiled once: uncompiled it materialises the whole score matrix."""
-    global _FLEX
-    if _FLEX is None:
-        from torch.nn.attention.flex_attention import flex_attention as kernel
-        _FLEX = torch.compile(kernel, dynamic=False)
-    return _FLEX
+    from torch.nn.attention.flex_attention import flex_attention as kernel
+    return torch.compile(kernel, dynamic=False)

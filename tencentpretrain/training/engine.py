@@ -126,11 +126,10 @@ class TorchBackend(Backend):
         if optimizer.get("type", "").lower() not in ("adam", "adamw"):
             raise TrainingError(f"the one-process backend trains with AdamW, not "
                                 f"{optimizer.get('type')!r}; run under --deepspeed")
-        params = {k: v for k, v in optimizer["params"].items()
-                  if k in ("lr", "betas", "eps", "weight_decay")}
+        params = {k: v for k, v in optimizer["params"].items() if k in ("lr", "betas", "eps")}
         self.model = model.to(self.device)
         self.optimizer = torch.optim.AdamW(
-            optimizer_parameters(model, params.pop("weight_decay", 0.01)), **params,
+            optimizer_parameters(model, self.settings.weight_decay), **params,
             **adamw_kernel(self.device))
         self.scheduler = build_scheduler(self.optimizer, lr_multiplier)
         self.clip = self.settings.gradient_clipping
@@ -216,7 +215,7 @@ class DeepSpeedBackend(Backend):
         try:
             self.engine, self.optimizer, _, self.scheduler = self.deepspeed.initialize(
                 model=model, config=self.ds_config, model_parameters=optimizer_parameters(
-                    model, self.ds_config["optimizer"]["params"].get("weight_decay", 0.01)),
+                    model, self.settings.weight_decay),
                 lr_scheduler=lambda optimizer: build_scheduler(optimizer, lr_multiplier))
         except (ValueError, TypeError, AssertionError) as e:  # config DeepSpeed refuses
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

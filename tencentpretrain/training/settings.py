@@ -75,6 +75,12 @@ class RunSettings:
         return copy.deepcopy(self._ds_config["optimizer"])
 
     @property
+    def weight_decay(self):
+        """Of the matrices; norm gains and biases get none (engine.optimizer_parameters)."""
+        return self._ds_config["optimizer"]["params"].get(
+            "weight_decay", DEFAULT_OPTIMIZER["params"]["weight_decay"])
+
+    @property
     def gradient_clipping(self):
         return self._ds_config.get("gradient_clipping", 0.0)
 
