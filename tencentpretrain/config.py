@@ -80,12 +80,11 @@ def _check_rope_scaling(value, source):
     if not isinstance(value, dict):
         raise ConfigError(f'"rope_scaling" in {source} must be an object or null, got {value!r}')
     value = dict(value)
-    rope_type = value.pop("type", None) if "rope_type" not in value else value["rope_type"]
-    value.pop("type", None)
+    legacy_type = value.pop("type", None)
+    rope_type = value.setdefault("rope_type", legacy_type)
     if rope_type not in ROPE_SCALING_KEYS:
         raise ConfigError(f'"rope_scaling" in {source}: rope_type {rope_type!r} is not supported; '
                           f"supported: {', '.join(ROPE_SCALING_KEYS)}")
-    value["rope_type"] = rope_type
     for key in ROPE_SCALING_KEYS[rope_type]:
         number = value.get(key)
         if isinstance(number, bool) or not isinstance(number, (int, float)) or number <= 0:
