@@ -4,8 +4,9 @@
 
 Preprocesses the corpus twice with the real preprocess() (one example per sample, and
 --packing), then times train_step (pretrain.py's step, one process) on the same model shape
-for: packed samples (isolated: document mask + per-example positions), the same packed
-batches without isolation (not a valid training mode: it prices the mask), and unpacked
+for: packed samples (isolated: per-example attention + positions, by the model's default path
+for the device), the same with a dense boolean [seq, seq] mask instead, the same packed
+batches without isolation (not a valid training mode: it prices isolation), and unpacked
 samples padded to the longest in the batch (this project's collate) and to seq_length
 (TencentPretrain's fixed shapes); one step of each mode in turn. Batches come from BatchIterator with --prefix_lm_loss, so
 "answer tokens" are exactly the tokens the loss counts.
@@ -42,7 +43,8 @@ def build_parser():
     parser.add_argument("--steps", type=int, default=5, help="Timed steps per mode.")
     parser.add_argument("--warmup_steps", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--modes", default="packed,packed_unisolated,padded_longest,padded_seq_length")
+    parser.add_argument("--modes", default="packed,packed_dense_mask,packed_unisolated,padded_longest,"
+                                           "padded_seq_length")
     _add_deepspeed_arguments(parser)
     return parser
 
@@ -59,13 +61,14 @@ def make_model(args, vocab_size):
                                 checkpoint_layers=0, multiplier=lambda step: 1.0)
 
 
-def time_modes(backend, iterators, args):
+def time_modes(backend, encoder, iterators, args):
     """Round-robin, one step of each mode in turn, so load from other processes on a shared
-    machine falls on every mode alike."""
+    machine falls on every mode alike. ``iterators``: mode -> (batches, isolation kind)."""
     totals = {mode: dict(answer=0, tokens=0, examples=0, seconds=0.0) for mode in iterators}
     for step in range(args.warmup_steps + args.steps):
-        for mode, batches in iterators.items():
+        for mode, (batches, isolation) in iterators.items():
             batch = next(batches)
+            encoder.isolation = isolation
             start = time.perf_counter()
             tokens = train_step(backend, [batch])[2]
             seconds = time.perf_counter() - start
@@ -95,7 +98,7 @@ def main():
             print(f"{name:<7} {s['documents']:,} examples -> {s['samples']:,} samples of <= "
                   f"{args.seq_length + 1} tokens, fill {s['fill']:.1%}")
         datasets = {name: TokenDataset(os.path.join(tmp, name)) for name in summaries}
-        backend, _ = make_model(args, datasets["packed"].vocab_size)
+        backend, model = make_model(args, datasets["packed"].vocab_size)
         print(f"model: {args.layers_num} layers, hidden {args.hidden_size}, heads {args.heads_num}, "
               f"vocab {datasets['packed'].vocab_size}; one process, {backend.precision}, "
               f"{torch.get_num_threads()} threads; batch {args.batch_size}, --prefix_lm_loss")
@@ -108,11 +111,13 @@ def main():
                     batch = {k: v for k, v in batch.items() if k not in ("isolate_segments", "position_ids")}
                 yield batch
 
-        modes = {"packed": lambda: batches("packed"),
-                 "packed_unisolated": lambda: batches("packed", isolate=False),
-                 "padded_longest": lambda: batches("padded"),
-                 "padded_seq_length": lambda: batches("padded", pad_to=args.seq_length)}
-        results = time_modes(backend, {mode: modes[mode]() for mode in args.modes.split(",")}, args)
+        modes = {"packed": lambda: (batches("packed"), None),
+                 "packed_dense_mask": lambda: (batches("packed"), "dense"),
+                 "packed_unisolated": lambda: (batches("packed", isolate=False), None),
+                 "padded_longest": lambda: (batches("padded"), None),
+                 "padded_seq_length": lambda: (batches("padded", pad_to=args.seq_length), None)}
+        results = time_modes(backend, model.encoder, {mode: modes[mode]() for mode in args.modes.split(",")},
+                             args)
         for mode, r in results.items():
             print(f"{mode:<18} batch {r['shape'][0]} x {r['shape'][1]:<5} {r['answer_per_s']:8,.0f} "
                   f"answer tokens/s  {r['tokens_per_s']:8,.0f} tokens/s  {r['examples_per_s']:6.2f} "

@@ -206,25 +206,51 @@ def test_evaluate_ppl_packed_equals_unpacked(shared_data, llama_spm, tmp_path, c
     assert float(printed[0][3]) == pytest.approx(float(printed[1][3]), rel=1e-5)
 
 
-@pytest.mark.parametrize("window", [None, 24])
-def test_block_sparse_isolation_equals_the_dense_mask(gqa_model, window):
-    """The GPU path (FlexAttention block mask, compiled) computes what the dense boolean mask
-    does; on CPU FlexAttention has no backward, so forward logits are compared here."""
+def windowed(model, window):
+    """The same weights as ``model`` with a sliding window (None: none)."""
     from tencentpretrain.config import config_from_dict
-    config = config_from_dict({**{k: getattr(gqa_model.config, k) for k in (
+    config = config_from_dict({**{k: getattr(model.config, k) for k in (
         "emb_size", "hidden_size", "feedforward_size", "heads_num", "layers_num",
         "max_seq_length", "local_kv_heads_num", "rope_theta", "layernorm_eps")},
         "sliding_window": window})
-    model = tencentpretrain.build_model(config, 32000).eval()
-    model.load_state_dict(gqa_model.state_dict())
-    seg = torch.tensor([[1] * 30 + [2] * 50 + [3] * 20, [1] * 60 + [0] * 40])
-    ids = torch.randint(0, 32000, (2, 100), generator=torch.Generator().manual_seed(0))
-    logits = {}
-    for block_sparse in (False, True):
-        model.encoder.block_sparse = block_sparse
-        with torch.no_grad():
-            logits[block_sparse] = model(ids, seg=seg, isolate_segments=True)
-    assert (logits[True] - logits[False]).abs().max().item() <= 1e-5
+    copy = tencentpretrain.build_model(config, 32000)
+    copy.load_state_dict(model.state_dict())
+    return copy
+
+
+ISOLATION_SEG = torch.tensor([[1] * 30 + [2] * 50 + [3] * 20, [1] * 60 + [0] * 40, [1] * 100])
+
+
+@pytest.mark.parametrize("window", [None, 24])
+def test_isolation_kinds_equal_the_dense_mask(gqa_model, window):
+    """The spans path (CPU default: causal SDPA per example) gives the dense boolean mask's
+    logits and gradients; the GPU path (FlexAttention block mask, compiled) its logits (on CPU
+    FlexAttention has no backward). GQA, a padding tail, a row that is one example."""
+    model = windowed(gqa_model, window)
+    ids = torch.randint(0, 32000, ISOLATION_SEG.shape, generator=torch.Generator().manual_seed(0))
+    logits, grads = {}, {}
+    for kind in ("dense", "spans", "block_mask"):
+        model.encoder.isolation = kind
+        model.zero_grad()
+        with torch.set_grad_enabled(kind != "block_mask"):
+            logits[kind] = model(ids, seg=ISOLATION_SEG, isolate_segments=True)
+        if kind != "block_mask":
+            (logits[kind] * torch.linspace(-1, 1, 32000)).sum().backward()
+            grads[kind] = [p.grad.clone() for p in model.parameters()]
+    for kind in ("spans", "block_mask"):
+        assert (logits[kind] - logits["dense"]).abs().max().item() <= 1e-5, kind
+    for spans, dense in zip(grads["spans"], grads["dense"]):
+        assert (spans - dense).abs().max() <= 1e-5 * dense.abs().max()
+    model.encoder.isolation = None  # by device: spans on CPU
     with torch.no_grad():
         alone = model(ids[:1, 30:80])  # the second example of row 0, run by itself
-    assert (logits[True][:1, 30:80] - alone).abs().max().item() <= 1e-5
+        assert (model(ids, seg=ISOLATION_SEG, isolate_segments=True)[:1, 30:80] - alone).abs().max() <= 1e-5
+
+
+def test_document_spans():
+    from tencentpretrain.layers.masks import DocumentSpans
+    spans = DocumentSpans(ISOLATION_SEG, window=24)
+    assert spans.rows == [[(0, 30), (30, 50), (80, 20)], [(0, 60), (60, 40)], [(0, 100)]]
+    assert spans.window_mask(24, "cpu") is None
+    assert torch.equal(spans.window_mask(30, "cpu")[0, 0], causal_document_mask(
+        1, 30, seg=torch.ones(1, 30), window=24)[0][0, 0])

@@ -9,8 +9,8 @@ import torch.nn as nn
 import torch.utils.checkpoint
 
 from tencentpretrain.layers import str2layernorm
-from tencentpretrain.layers.masks import (causal_document_mask, document_block_mask,
-                                          document_positions, str2mask)
+from tencentpretrain.layers.masks import (DocumentSpans, causal_document_mask,
+                                          document_block_mask, document_positions, str2mask)
 from tencentpretrain.layers.rotary import rotary_cos_sin
 from tencentpretrain.layers.transformer import TransformerLayer
 
@@ -32,9 +32,10 @@ class TransformerEncoder(nn.Module):
                                                               eps=config.layernorm_eps)
         self.checkpoint_layers_num = 0
         self.checkpoint_fn = _torch_checkpoint
-        # packed samples: FlexAttention block mask (True), dense boolean mask (False), or by
-        # device (None: block-sparse on CUDA; on CPU the dense mask into SDPA is as fast)
-        self.block_sparse = None
+        # how packed samples are isolated: "block_mask" (FlexAttention), "spans" (causal SDPA
+        # per example), "dense" (a boolean [seq, seq] mask), or None: by device, block_mask on
+        # CUDA, spans elsewhere (FlexAttention has no CPU backward)
+        self.isolation = None
 
     def enable_activation_checkpointing(self, layers_per_checkpoint=1, checkpoint_fn=None):
         """Recompute every group of ``layers_per_checkpoint`` layers in backward.
@@ -46,10 +47,11 @@ class TransformerEncoder(nn.Module):
         if checkpoint_fn is not None:
             self.checkpoint_fn = checkpoint_fn
 
-    def block_sparse_isolation(self, hidden):
-        if self.config.dropout and self.training:
-            return False  # FlexAttention has no attention dropout
-        return self.block_sparse if self.block_sparse is not None else hidden.is_cuda
+    def isolation_kind(self, hidden):
+        kind = self.isolation or ("block_mask" if hidden.is_cuda else "spans")
+        if kind == "block_mask" and self.config.dropout and self.training:
+            return "spans"  # FlexAttention has no attention dropout
+        return kind
 
     def forward(self, hidden, seg=None, position_ids=None, key_mask=None, kv_cache=None,
                 isolate_segments=False):
@@ -66,8 +68,11 @@ class TransformerEncoder(nn.Module):
         if self.config.rotary_position_embedding:
             rotary = rotary_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta,
                                     hidden.device, self.config.rope_scaling)
-        if isolated and past == 0 and key_mask is None and self.block_sparse_isolation(hidden):
+        kind = self.isolation_kind(hidden) if isolated and past == 0 and key_mask is None else "dense"
+        if kind == "block_mask":
             attn_mask, is_causal = document_block_mask(seg, self.config.sliding_window), False
+        elif kind == "spans":
+            attn_mask, is_causal = DocumentSpans(seg, self.config.sliding_window), False
         else:
             make_mask = causal_document_mask if isolated else self.make_mask
             attn_mask, is_causal = make_mask(batch, seq, past, hidden.device, seg=seg,

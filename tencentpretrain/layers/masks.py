@@ -15,9 +15,10 @@ positions, itself included, in training and in cached generation alike; while th
 whole sequence fits in the window the plain causal path is kept.
 
 A mask is a bool tensor [batch, 1, queries, keys], True where attention is allowed, or, for
-packed samples on a GPU, a FlexAttention ``BlockMask`` (``document_block_mask``): block
-indices instead of seq^2 booleans, and blocks outside every example are never computed, so
-attention costs the sum of squared example lengths rather than seq^2.
+packed samples, one of two forms that never build seq^2 booleans and never compute attention
+between examples, so it costs the sum of squared example lengths rather than seq^2:
+``DocumentSpans`` (CPU: causal SDPA per example) and, on a GPU, a FlexAttention ``BlockMask``
+(``document_block_mask``: block indices; blocks outside every example are skipped).
 ``key_mask`` [batch, keys] marks real (not left-padded) keys during generation.
 Each query always sees itself, so a padded row never becomes an all-False row (NaN).
 """
@@ -69,6 +70,28 @@ def document_block_mask(seg, window=None):
 
     batch, seq = seg.shape
     return create_block_mask(same_document_causal, batch, None, seq, seq, device=seg.device)
+
+
+class DocumentSpans:
+    """Packed samples as runs of equal ``seg``: ``rows[b]`` lists (start, length) of each
+    example in row b, a padding tail being one more run. Attention then runs one causal SDPA
+    per run (``multi_headed_attn.span_attention``). Packers number examples 1, 2, ... in
+    order, so a run is exactly one example."""
+
+    def __init__(self, seg, window=None):
+        opens = torch.ones_like(seg, dtype=torch.bool)
+        opens[:, 1:] = seg[:, 1:] != seg[:, :-1]
+        self.rows = []
+        for row in opens.cpu():
+            starts = row.nonzero().squeeze(1).tolist() + [seg.shape[1]]
+            self.rows.append([(a, b - a) for a, b in zip(starts, starts[1:])])
+        self.window = window
+
+    def window_mask(self, length, device):
+        """The sliding-window mask for a run longer than the window, else None (causal)."""
+        if self.window is None or length <= self.window:
+            return None
+        return _causal(1, length, 0, device, self.window)
 
 
 def document_positions(seg):

@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from tencentpretrain.layers.masks import DocumentSpans
 from tencentpretrain.layers.rotary import apply_rotary
 
 
@@ -42,15 +43,33 @@ class MultiHeadedAttention(nn.Module):
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_index, k, v)
-        if attn_mask is not None and not torch.is_tensor(attn_mask):  # a FlexAttention BlockMask
-            out = flex_attention()(q, k, v, block_mask=attn_mask,
-                                   enable_gqa=self.kv_heads_num != self.heads_num)
+        gqa, dropout = self.kv_heads_num != self.heads_num, self.dropout if self.training else 0.0
+        if isinstance(attn_mask, DocumentSpans):
+            out = span_attention(q, k, v, attn_mask, dropout, gqa)
+        elif attn_mask is not None and not torch.is_tensor(attn_mask):  # a FlexAttention BlockMask
+            out = flex_attention()(q, k, v, block_mask=attn_mask, enable_gqa=gqa)
         else:
             out = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=attn_mask, is_causal=is_causal and attn_mask is None,
-                dropout_p=self.dropout if self.training else 0.0,
-                enable_gqa=self.kv_heads_num != self.heads_num)
+                dropout_p=dropout, enable_gqa=gqa)
         return self.final_linear(out.transpose(1, 2).reshape(batch, seq, -1))
+
+
+@torch.compiler.disable  # a Python loop over data-dependent runs: eager, not recompiled per batch
+def span_attention(q, k, v, spans, dropout, gqa):
+    """Packed samples: causal SDPA over each example's run alone ([batch, heads, seq, dim] in
+    and out). Nothing is computed between examples, and each call takes SDPA's causal fast
+    path instead of the math kernel a dense boolean mask needs."""
+    rows = []
+    for b, runs in enumerate(spans.rows):
+        parts = []
+        for start, length in runs:
+            window = spans.window_mask(length, q.device)
+            parts.append(F.scaled_dot_product_attention(
+                *(t[b:b + 1, :, start:start + length] for t in (q, k, v)), attn_mask=window,
+                is_causal=window is None, dropout_p=dropout, enable_gqa=gqa))
+        rows.append(torch.cat(parts, dim=2) if len(parts) > 1 else parts[0])
+    return torch.cat(rows) if len(rows) > 1 else rows[0]
 
 
 @functools.cache

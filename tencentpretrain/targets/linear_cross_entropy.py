@@ -13,8 +13,9 @@ The weight must be whole when ``apply`` runs: under ZeRO-3 the caller gathers it
 """
 import torch
 
-# Logits per chunk (x 4 bytes in fp32): 32 MB, a few hundred tokens at LLaMA's vocabulary.
-CHUNK_LOGITS = 1 << 23
+# Logits per chunk (x 4 bytes in fp32): 64 MB, 524 tokens at LLaMA's vocabulary. On CPU the
+# matmuls are markedly faster at 512 tokens per chunk than at 256 (docs/benchmarks.md).
+CHUNK_LOGITS = 1 << 24
 
 
 def chunk_tokens_for(vocab_size):
