@@ -4,10 +4,16 @@ tokenizer, batch and steps, one process each, alternating; tokens/s, peak RSS an
     flock /tmp/heavy.lock python3 scripts/benchmark_vs_tencentpretrain.py --baseline_dir /tmp/tp
 
 --baseline_dir is a TencentPretrain checkout made by ../shared/tools/setup_tencentpretrain_baseline.sh
-(its scripts run with PYTHONPATH unset); without it only ours runs. tokens/s of a run is the
-median of its progress reports after the first (both programs count batch x seq_length per
-step); tokens/CPU-s is trained tokens over the process's user + system CPU time, startup
+(its scripts run with PYTHONPATH unset); without it only ours runs. Both sides train the same
+work: TencentPretrain's corpus is preprocessed with its --full_sentences, so that, like ours,
+every sample is seq_length real tokens of concatenated documents. (By default its lm
+processor pads the tail of every line into a sample of its own; on CLUECorpusSmall 46% of its
+positions are then padding, which its LM head skips but its tokens/s counts:
+--baseline_pads_documents measures that.) tokens/s of a run is the median of its progress
+reports after the first (both programs count batch x seq_length per step); tokens/CPU-s is trained tokens over the process's user + system CPU time, startup
 included, which other jobs on shared cores disturb less; each figure is the median over rounds.
+Last, a ceiling: the tokens/s at which the step's matmul FLOPs alone would take all the time
+at this machine's fp32 matmul peak, measured now on a large square matmul.
 """
 import argparse
 import json
@@ -47,6 +53,9 @@ def build_parser():
     parser.add_argument("--report_steps", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=3, help="Runs of each, alternating.")
     parser.add_argument("--work_dir", default=None, help="Default: a temporary directory.")
+    parser.add_argument("--baseline_pads_documents", action="store_true",
+                        help="TencentPretrain's default lm data (each line padded on its own) "
+                             "instead of --full_sentences; its tokens/s then counts padding.")
     parser.add_argument("--ours_options", default="",
                         help='Extra pretrain.py options for our side only, e.g. "--compile".')
     return parser
@@ -124,13 +133,39 @@ def baseline(args, work, corpus):
         "TencentPretrain", args.baseline_dir, env,
         [sys.executable, "preprocess.py", "--corpus_path", corpus, "--spm_model_path",
          args.spm_model_path, "--dataset_path", dataset, "--data_processor", "lm",
-         "--seq_length", str(args.seq_length), "--processes_num", "2"],
+         "--seq_length", str(args.seq_length), "--processes_num", "2",
+         *([] if args.baseline_pads_documents else ["--full_sentences"])],
         [sys.executable, "pretrain.py", "--dataset_path", dataset, "--spm_model_path",
          args.spm_model_path, "--config_path", config, "--output_model_path",
          os.path.join(work, "baseline_model.bin"), "--total_steps", str(args.total_steps),
          "--save_checkpoint_steps", str(10 * args.total_steps), "--report_steps",
          str(args.report_steps), "--batch_size", str(args.batch_size), "--data_processor", "lm"],
         BASELINE_REPORT)
+
+
+def matmul_ceiling(seq_length):
+    """(FLOPs per token of the step's weight matmuls, peak fp32 matmul FLOP/s measured now).
+
+    6 x the parameters in matrices (forward 2, backward 4), the LM head included, attention
+    and every elementwise op left out, so the ceiling is an upper bound."""
+    import time
+
+    import torch
+    sys.path.insert(0, ROOT)
+    import tencentpretrain
+    from tencentpretrain.config import config_from_dict
+    from tencentpretrain.training.metrics import flops_per_token
+    with torch.device("meta"):
+        model = tencentpretrain.build_model(config_from_dict(dict(SHAPE, max_seq_length=seq_length)),
+                                            32000)
+    flops = flops_per_token(model, 0)  # seq_length 0: the attention term drops out
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    best = float("inf")
+    for _ in range(6):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return flops, 2 * 2048 ** 3 / best
 
 
 def main():
@@ -153,6 +188,7 @@ def main():
     else:
         print(f"TencentPretrain skipped: no pretrain.py in --baseline_dir {args.baseline_dir} "
               "(build one with ../shared/tools/setup_tencentpretrain_baseline.sh)")
+    print(f"TencentPretrain data: {'each line padded (tokens/s counts padding)' if args.baseline_pads_documents else '--full_sentences (no padding, as ours)'}")
     print(f"shape: 4 layers, hidden 256, heads 4, ffn 688 | {args.corpus_repeats} x "
           f"{os.path.basename(args.corpus_path)} | batch {args.batch_size} x {args.seq_length}, "
           f"fp32, one process, {args.total_steps} steps | work dir {work}", flush=True)
@@ -176,6 +212,15 @@ def main():
         print(f"ratio ours / TencentPretrain: {ratio('tokens_per_s'):.2f}x tokens/s (goal >= "
               f"1.5x), {ratio('tokens_per_cpu_s'):.2f}x tokens/CPU-s, {ratio('peak_rss'):.2f}x "
               "peak RSS (goal <= 0.5x)")
+    flops, peak = matmul_ceiling(args.seq_length)
+    ceiling = peak / flops
+    line = (f"ceiling: {flops / 1e6:.1f} MFLOP of weight matmuls per token; fp32 matmul peak "
+            f"now {peak / 1e9:.0f} GFLOP/s (2048^3, best of 6) -> at most {ceiling:,.0f} tokens/s; "
+            f"ours reaches {statistics.median(programs[0].tokens_per_s) / ceiling:.0%} of it")
+    if len(programs) == 2:
+        line += (f", TencentPretrain {statistics.median(programs[1].tokens_per_s) / ceiling:.0%}"
+                 f"; 1.5x TencentPretrain would be {1.5 * statistics.median(programs[1].tokens_per_s) / ceiling:.0%}")
+    print(line)
 
 
 if __name__ == "__main__":
