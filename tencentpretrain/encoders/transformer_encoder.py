@@ -11,7 +11,7 @@ import torch.utils.checkpoint
 from tencentpretrain.layers import str2layernorm
 from tencentpretrain.layers.masks import (DocumentSpans, causal_document_mask,
                                           document_block_mask, document_positions, str2mask)
-from tencentpretrain.layers.rotary import rotary_cos_sin
+from tencentpretrain.layers.rotary import rotary_rotations
 from tencentpretrain.layers.transformer import TransformerLayer
 
 
@@ -66,8 +66,8 @@ class TransformerEncoder(nn.Module):
             position_ids = torch.arange(past, past + seq, device=hidden.device).expand(batch, seq)
         rotary = None
         if self.config.rotary_position_embedding:
-            rotary = rotary_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta,
-                                    hidden.device, self.config.rope_scaling)
+            rotary = rotary_rotations(position_ids, self.config.head_dim, self.config.rope_theta,
+                                      hidden.device, self.config.rope_scaling)
         kind = self.isolation_kind(hidden) if isolated and past == 0 and key_mask is None else "dense"
         if kind == "block_mask":
             attn_mask, is_causal = document_block_mask(seg, self.config.sliding_window), False

@@ -39,8 +39,7 @@ class MultiHeadedAttention(nn.Module):
         q, k, v = (linear(x).view(batch, seq, -1, self.head_dim).transpose(1, 2)
                    for linear in self.linear_layers)
         if rotary is not None:
-            cos, sin = rotary
-            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+            q, k = apply_rotary(q, rotary), apply_rotary(k, rotary)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_index, k, v)
         gqa, dropout = self.kv_heads_num != self.heads_num, self.dropout if self.training else 0.0

@@ -1,9 +1,11 @@
 """Rotary position embedding in Meta's layout (adjacent pairs rotate together).
 
 Checkpoints keep Meta's/TencentPretrain's q/k row order; the Hugging Face
-converters permute q/k rows to and from HF's half-split layout. cos/sin are
-computed per call in float32 from the position ids, so there is no buffer to
-keep in sync under meta-device init or ZeRO-3 partitioning.
+converters permute q/k rows to and from HF's half-split layout. The rotations
+(unit complex numbers, as in Meta's reference code: one complex multiply per
+pair instead of a dozen real ops) are computed per call in float32 from the
+position ids, so there is no buffer to keep in sync under meta-device init or
+ZeRO-3 partitioning.
 
 Context extension rescales the frequencies (config ``rope_scaling``), by type:
 - ``linear``: every frequency divided by ``factor`` (position interpolation).
@@ -46,16 +48,15 @@ def rotary_inv_freq(head_dim, theta, device, scaling=None):
     return inv_freq
 
 
-def rotary_cos_sin(position_ids, head_dim, theta, device, scaling=None):
-    """cos, sin of shape [batch, 1, seq, head_dim // 2] for int positions [batch, seq]."""
+def rotary_rotations(position_ids, head_dim, theta, device, scaling=None):
+    """cos + i sin, complex64 [batch, 1, seq, head_dim // 2], for int positions [batch, seq]."""
     inv_freq = rotary_inv_freq(head_dim, theta, device, scaling)
     angles = position_ids.to(device=device, dtype=torch.float32)[..., None] * inv_freq
-    return torch.cos(angles)[:, None], torch.sin(angles)[:, None]
+    return torch.polar(torch.ones_like(angles), angles)[:, None]
 
 
-def apply_rotary(x, cos, sin):
-    """Rotate x [batch, heads, seq, head_dim] by the angles of its positions."""
-    pairs = x.float().unflatten(-1, (-1, 2))
-    even, odd = pairs[..., 0], pairs[..., 1]
-    rotated = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1)
-    return rotated.flatten(-2).to(x.dtype)
+def apply_rotary(x, rotations):
+    """Rotate x [batch, heads, seq, head_dim] by ``rotary_rotations`` of its positions: each
+    adjacent pair (even, odd) as the complex number even + i odd."""
+    pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
+    return torch.view_as_real(pairs * rotations).flatten(-2).to(x.dtype)
