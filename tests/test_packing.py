@@ -254,3 +254,23 @@ def test_document_spans():
     assert spans.window_mask(24, "cpu") is None
     assert torch.equal(spans.window_mask(30, "cpu")[0, 0], causal_document_mask(
         1, 30, seg=torch.ones(1, 30), window=24)[0][0, 0])
+
+
+def test_block_mask_falls_back_to_spans_under_attention_dropout(gqa_model):
+    """FlexAttention has no dropout: a model training with attention dropout isolates packed
+    examples with spans instead, and the dropout really applies (two passes differ)."""
+    model = windowed(gqa_model, None)
+    model.config.dropout = 0.5
+    for layer in model.encoder.transformer:
+        layer.self_attn.dropout = 0.5
+    model.encoder.isolation = "block_mask"
+    hidden = torch.zeros(1, 4, 8)
+    model.eval()
+    assert model.encoder.isolation_kind(hidden) == "block_mask"  # evaluating: no dropout
+    model.train()
+    assert model.encoder.isolation_kind(hidden) == "spans"
+    ids = torch.randint(0, 32000, ISOLATION_SEG.shape, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(1)
+    first = model(ids, seg=ISOLATION_SEG, isolate_segments=True)
+    second = model(ids, seg=ISOLATION_SEG, isolate_segments=True)
+    assert torch.isfinite(first).all() and not torch.equal(first, second)
