@@ -10,8 +10,9 @@ every sample is seq_length real tokens of concatenated documents. (By default it
 processor pads the tail of every line into a sample of its own; on CLUECorpusSmall 46% of its
 positions are then padding, which its LM head skips but its tokens/s counts:
 --baseline_pads_documents measures that.) tokens/s of a run is the median of its progress
-reports after the first (both programs count batch x seq_length per step); tokens/CPU-s is trained tokens over the process's user + system CPU time, startup
-included, which other jobs on shared cores disturb less; each figure is the median over rounds.
+reports after the first (both programs count batch x seq_length per step); tokens/CPU-s is
+trained tokens over the process's user + system CPU time, startup included, which other jobs
+on shared cores disturb less; each figure is the median over rounds.
 Last, a ceiling: the tokens/s at which the step's matmul FLOPs alone would take all the time
 at this machine's fp32 matmul peak, measured now on a large square matmul.
 """
