@@ -79,28 +79,34 @@ class DocumentSpans:
     order, so a run is exactly one example."""
 
     def __init__(self, seg, window=None):
-        opens = torch.ones_like(seg, dtype=torch.bool)
-        opens[:, 1:] = seg[:, 1:] != seg[:, :-1]
         self.rows = []
-        for row in opens.cpu():
+        for row in run_starts(seg).cpu():
             starts = row.nonzero().squeeze(1).tolist() + [seg.shape[1]]
             self.rows.append([(a, b - a) for a, b in zip(starts, starts[1:])])
         self.window = window
+        self._window_masks = {}  # by run length: built once per batch, not once per layer
 
     def window_mask(self, length, device):
         """The sliding-window mask for a run longer than the window, else None (causal)."""
         if self.window is None or length <= self.window:
             return None
-        return _causal(1, length, 0, device, self.window)
+        if length not in self._window_masks:
+            self._window_masks[length] = _causal(1, length, 0, device, self.window)
+        return self._window_masks[length]
+
+
+def run_starts(seg):
+    """True where a run of equal ``seg`` begins (a new document or example; a run of padding
+    counts as one): the first position, and wherever ``seg`` changes."""
+    opens = torch.ones_like(seg, dtype=torch.bool)
+    opens[..., 1:] = seg[..., 1:] != seg[..., :-1]
+    return opens
 
 
 def document_positions(seg):
-    """Position ids [batch, seq] that restart at 0 wherever ``seg`` changes (a new document
-    or example; a run of padding counts as one)."""
+    """Position ids [batch, seq] that restart at 0 at every ``run_starts``."""
     index = torch.arange(seg.shape[-1], device=seg.device).expand_as(seg)
-    opens = torch.ones_like(seg, dtype=torch.bool)
-    opens[..., 1:] = seg[..., 1:] != seg[..., :-1]
-    return index - torch.where(opens, index, 0).cummax(-1).values
+    return index - torch.where(run_starts(seg), index, 0).cummax(-1).values
 
 
 str2mask = {"causal": causal_mask, "causal_document": causal_document_mask}
