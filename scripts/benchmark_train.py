@@ -47,6 +47,9 @@ def build_parser():
     run.add_argument("--deepspeed_checkpoint_activations", action="store_true")
     run.add_argument("--compile", action="store_true",
                      help="torch.compile each transformer layer (as pretrain.py --compile).")
+    run.add_argument("--chunk_logits", type=int, default=None,
+                     help="Logits per chunk of the LM loss (default: linear_cross_entropy's "
+                          "CHUNK_LOGITS); for timing other chunk sizes.")
     run.add_argument("--enable_zero3", action="store_true")
     run.add_argument("--use_lora", action="store_true",
                      help="Train LoRA adapters (all seven targets) on a frozen base instead.")
@@ -76,6 +79,9 @@ def random_batch(args, generator):
 
 def main():
     args = build_parser().parse_args()
+    if args.chunk_logits:
+        from tencentpretrain.targets import linear_cross_entropy
+        linear_cross_entropy.CHUNK_LOGITS = args.chunk_logits
     if args.threads:
         torch.set_num_threads(args.threads)
     args.accumulation_steps, args.learning_rate = 1, 1e-4
