@@ -1,10 +1,14 @@
 """Causal training goes through SDPA's flash-attention kernel (forward and backward), with the
-q/k/v layout the attention layer hands it: on CPU always, on a GPU where there is one."""
+q/k/v layout the attention layer hands it: on CPU always, on a GPU where there is one; and the
+CPU's split of causal attention into two query halves equals one call."""
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
 import tencentpretrain
+from tencentpretrain.layers.multi_headed_attn import (CPU_SPLIT_CAUSAL, MultiHeadedAttention,
+                                                      split_causal_attention)
 from tests.conftest import ROOT
 from tests.training_support import TINY
 
@@ -35,3 +39,34 @@ def test_causal_training_selects_flash_attention(device, config):
         n for n in names if "attention" in n)
     assert "aten::_scaled_dot_product_efficient_attention" not in names
     assert "aten::_scaled_dot_product_attention_math" not in names
+
+
+@pytest.mark.parametrize("seq,kv_heads", [(128, 4), (203, 2), (512, 4)])
+def test_split_causal_attention_equals_one_causal_call(seq, kv_heads):
+    """The CPU split (two query halves) gives causal SDPA's outputs and gradients."""
+    generator = torch.Generator().manual_seed(seq)
+    q = torch.randn(2, 4, seq, 16, generator=generator, requires_grad=True)
+    k, v = (torch.randn(2, kv_heads, seq, 16, generator=generator, requires_grad=True)
+            for _ in range(2))
+    upstream = torch.randn(2, 4, seq, 16, generator=generator)
+    results = []
+    for attend in (split_causal_attention,
+                   lambda *qkv_gqa: F.scaled_dot_product_attention(
+                       *qkv_gqa[:3], is_causal=True, enable_gqa=qkv_gqa[3])):
+        out = attend(q, k, v, kv_heads != 4)
+        grads = torch.autograd.grad(out, (q, k, v), upstream)
+        results.append((out, *grads))
+    for split, whole in zip(*results):
+        torch.testing.assert_close(split, whole, rtol=1e-5, atol=1e-5)
+
+
+def test_layer_takes_the_split_only_where_it_pays():
+    """CPU causal self-attention of 128..512 positions without dropout splits; shorter,
+    longer, masked or dropped-out attention is one SDPA call."""
+    assert 128 in CPU_SPLIT_CAUSAL and 512 in CPU_SPLIT_CAUSAL
+    assert 127 not in CPU_SPLIT_CAUSAL and 513 not in CPU_SPLIT_CAUSAL
+    layer = MultiHeadedAttention(32, 4, 4, dropout=0.0, has_bias=False, layer_index=0)
+    for seq, calls in ((64, 1), (200, 2), (600, 1)):
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            layer(torch.randn(1, seq, 32), is_causal=True)
+        assert sum(e.name == FLASH_OPS["cpu"] for e in prof.events()) == calls, seq

@@ -138,3 +138,20 @@ def test_wrapped_output_layer_keeps_its_forward():
     expected = plain_loss_from_logits(model(input_ids), input_ids, torch.ones(2, 9, dtype=bool))
     assert_rel_close(wrapped_sum, expected)
     assert abs(wrapped_sum - loss_sum) > 1e-3
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused_softmax", "separate_passes"])
+def test_both_softmax_ways_equal_plain_even_when_probabilities_underflow(fused):
+    """Some targets here are so unlikely that their probability is 0 in fp32 (token losses
+    in the hundreds): the loss stays exact; d loss / d logits is softmax - one_hot."""
+    generator = torch.Generator().manual_seed(5)
+    logits = torch.randn(9, 50, generator=generator) * 40
+    targets = torch.randint(0, 50, (9, 1), generator=generator)
+    targets[:3] = logits[:3].argmax(dim=1, keepdim=True)  # and some likely ones
+    expected = F.cross_entropy(logits, targets.squeeze(1), reduction="none")
+    assert (expected > lce.UNDERFLOW_LOSS).sum() >= 3  # the case this test is for
+    assert (expected < 1).any()
+    probs = logits.clone()
+    loss = lce.softmax_cross_entropy_(probs, targets, lambda rows: logits[rows], fused=fused)
+    assert_rel_close(loss, expected.sum(), rel=1e-6)
+    assert_rel_close(probs, logits.softmax(dim=1), rel=1e-6)

@@ -47,11 +47,35 @@ class MultiHeadedAttention(nn.Module):
             out = span_attention(q, k, v, attn_mask, dropout, gqa)
         elif attn_mask is not None and not torch.is_tensor(attn_mask):  # a FlexAttention BlockMask
             out = flex_attention()(q, k, v, block_mask=attn_mask, enable_gqa=gqa)
+        elif (is_causal and attn_mask is None and not dropout and q.device.type == "cpu"
+              and k.shape[2] == seq and seq in CPU_SPLIT_CAUSAL):
+            out = split_causal_attention(q, k, v, gqa)
         else:
             out = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=attn_mask, is_causal=is_causal and attn_mask is None,
                 dropout_p=dropout, enable_gqa=gqa)
         return self.final_linear(out.transpose(1, 2).reshape(batch, seq, -1))
+
+
+# SDPA's CPU flash kernel takes keys in blocks of 512 and skips only blocks wholly above the
+# diagonal, so up to 512 positions causal attention costs it as much as full attention.
+# Split in two, the first half of the queries sees only the first half of the keys: a
+# quarter of the work skipped, ~20% of attention time at 512 (docs/benchmarks.md); past
+# 512 the kernel skips blocks itself and the split gains nothing.
+CPU_SPLIT_CAUSAL = range(128, 513)
+
+
+def split_causal_attention(q, k, v, gqa):
+    """Causal SDPA over [batch, heads, seq, dim] as two query halves; equal to one call."""
+    seq = q.shape[2]
+    half = seq // 2
+    first = F.scaled_dot_product_attention(q[:, :, :half], k[:, :, :half], v[:, :, :half],
+                                           is_causal=True, enable_gqa=gqa)
+    # rows half..seq-1 of the causal square: query half + i sees keys 0..half + i
+    mask = torch.ones(seq - half, seq, dtype=torch.bool, device=q.device).tril_(half)
+    second = F.scaled_dot_product_attention(q[:, :, half:], k, v, attn_mask=mask,
+                                            enable_gqa=gqa)
+    return torch.cat([first, second], dim=2)
 
 
 @torch.compiler.disable  # a Python loop over data-dependent runs: eager, not recompiled per batch

@@ -11,6 +11,8 @@ linear in it). Same FLOPs as the plain version, no recomputation; and tokens the
 The weight must be whole when ``apply`` runs: under ZeRO-3 the caller gathers it first
 (``LmTarget`` does), and autograd hands the weight gradient to the parameter as usual.
 """
+import math
+
 import torch
 
 # Logits per chunk (x 4 bytes in fp32): 64 MB, 524 tokens at LLaMA's vocabulary. On CPU the
@@ -50,15 +52,13 @@ class LinearCrossEntropy(torch.autograd.Function):
                     torch.mm(h_c, w.t(), out=logits)
                 else:
                     logits.copy_(h_c @ w.t())
-                logits.sub_(logits.amax(dim=1, keepdim=True))  # shifted: exp cannot overflow
-                target_logits = logits.gather(1, targets)
-                normaliser = logits.exp_().sum(dim=1, keepdim=True)
-                loss_sum += (normaliser.log() - target_logits).sum()
+                loss_sum += softmax_cross_entropy_(logits, targets,
+                                                   lambda rows: h_c[rows] @ w.t())
                 if not with_grads:
                     continue
                 # d loss / d logits = softmax - one_hot(target)
-                grad_logits = logits.div_(normaliser)
-                grad_logits.scatter_add_(1, targets, torch.full_like(target_logits, -1.0))
+                grad_logits = logits.scatter_add_(
+                    1, targets, torch.full(targets.shape, -1.0, device=logits.device))
                 grad_logits = grad_logits.to(compute_dtype)
                 torch.mm(grad_logits, w, out=grad_hidden[start:start + step])
                 if grad_weight.dtype == compute_dtype:
@@ -79,6 +79,39 @@ class LinearCrossEntropy(torch.autograd.Function):
         grad_weight = (grad_weight * grad_loss).to(weight_dtype) \
             if ctx.needs_input_grad[1] else None
         return grad_hidden, grad_weight, None, None, None
+
+
+def softmax_cross_entropy_(logits, targets, logits_of_rows, fused=None):
+    """Summed cross-entropy of fp32 ``logits`` [tokens, vocab] against ``targets``
+    [tokens, 1]; turns ``logits`` into their softmax in place.
+
+    On CPU, softmax's fused kernel (each row max, exp-sum and scale while it is in cache)
+    takes about half the time of the separate passes below, and the loss is -log of the
+    target's probability. That is exact unless the probability underflows (a token loss
+    above ~87); those rows, read off a CPU tensor at no cost, are recomputed from
+    ``logits_of_rows(rows)``. Elsewhere reading that flag would stall the device, so the
+    loss comes from the shifted logits in separate in-place passes, which never underflow.
+    ``fused`` (default: on CPU) picks the first way.
+    """
+    if fused if fused is not None else logits.device.type == "cpu":
+        probs = torch.softmax(logits, dim=1, out=logits)
+        token_loss = -probs.gather(1, targets).log_()
+        underflow = token_loss.squeeze(1) > UNDERFLOW_LOSS
+        if underflow.any():
+            rows = underflow.nonzero().squeeze(1)
+            exact = logits_of_rows(rows).float()
+            token_loss[rows] = (exact.logsumexp(dim=1, keepdim=True)
+                                - exact.gather(1, targets[rows]))
+        return token_loss.sum()
+    logits.sub_(logits.amax(dim=1, keepdim=True))  # shifted: exp cannot overflow
+    target_logits = logits.gather(1, targets)
+    normaliser = logits.exp_().sum(dim=1, keepdim=True)
+    logits.div_(normaliser)
+    return (normaliser.log() - target_logits).sum()
+
+
+# -log of the smallest normal fp32: a target probability below it has lost precision
+UNDERFLOW_LOSS = -math.log(torch.finfo(torch.float32).tiny)
 
 
 def linear_cross_entropy(hidden, weight, labels, loss_mask):
