@@ -24,7 +24,6 @@ from tencentpretrain.training.metrics import flops_per_token, peak_flops  # noqa
 from tencentpretrain.training.options import _add_deepspeed_arguments  # noqa: E402
 from tencentpretrain.training.settings import Launch, read_config, resolve  # noqa: E402
 from tencentpretrain.training.trainer import setup_model, train_step  # noqa: E402
-from tencentpretrain.utils.host_memory import keep_freed_memory  # noqa: E402
 
 
 def build_parser():
@@ -101,8 +100,6 @@ def main():
         sys.exit(f"error: {e}")
     generator = torch.Generator().manual_seed(backend.rank)
     batches = [random_batch(args, generator) for _ in range(4)]
-    if backend.device.type == "cpu":
-        keep_freed_memory()  # as pretrain.py does before its loop
     for step in range(args.warmup_steps):
         train_step(backend, [batches[step % 4]])
     start = time.perf_counter()

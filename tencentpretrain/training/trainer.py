@@ -28,7 +28,6 @@ from tencentpretrain.training.options import check_args, lora_config
 from tencentpretrain.training.reporting import Reporter
 from tencentpretrain.training.scheduler import lr_multiplier, resume_schedule
 from tencentpretrain.training.settings import Launch, resolve, single_rank_environment
-from tencentpretrain.utils.host_memory import keep_freed_memory
 
 
 def say(line):
@@ -112,8 +111,6 @@ def _train(args):
         say(f"{args.dataset_path} is packed: every example attends, is positioned and is counted "
             f"as if alone")
 
-    if backend.device.type == "cpu":
-        keep_freed_memory()  # from here on each step reuses the last step's big blocks
     batches = Prefetcher(batches, pin_memory=backend.device.type == "cuda")
     try:
         loop(args, settings, backend, model, batches, start_step, dataset.seq_length)
