@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
 import tencentpretrain
+from tencentpretrain.layers.masks import DocumentSpans
 from tencentpretrain.layers.multi_headed_attn import (CPU_SPLIT_CAUSAL, MultiHeadedAttention,
                                                       split_causal_attention)
 from tests.conftest import ROOT
@@ -61,12 +62,19 @@ def test_split_causal_attention_equals_one_causal_call(seq, kv_heads):
 
 
 def test_layer_takes_the_split_only_where_it_pays():
-    """CPU causal self-attention of 128..512 positions without dropout splits; shorter,
-    longer, masked or dropped-out attention is one SDPA call."""
+    """CPU causal self-attention of 128..512 positions without dropout splits, for a whole row
+    or one packed example; shorter, longer, masked or dropped-out attention is one SDPA call."""
     assert 128 in CPU_SPLIT_CAUSAL and 512 in CPU_SPLIT_CAUSAL
     assert 127 not in CPU_SPLIT_CAUSAL and 513 not in CPU_SPLIT_CAUSAL
     layer = MultiHeadedAttention(32, 4, 4, dropout=0.0, has_bias=False, layer_index=0)
-    for seq, calls in ((64, 1), (200, 2), (600, 1)):
+
+    def flash_calls(seq, **options):
         with profile(activities=[ProfilerActivity.CPU]) as prof:
-            layer(torch.randn(1, seq, 32), is_causal=True)
-        assert sum(e.name == FLASH_OPS["cpu"] for e in prof.events()) == calls, seq
+            layer(torch.randn(1, seq, 32), **options)
+        return sum(e.name == FLASH_OPS["cpu"] for e in prof.events())
+
+    for seq, calls in ((64, 1), (200, 2), (600, 1)):
+        assert flash_calls(seq, is_causal=True) == calls, seq
+    # packed examples of 200, 64 and 600 positions: 2 + 1 + 1 calls
+    seg = torch.tensor([[1] * 200 + [2] * 64 + [3] * 600])
+    assert flash_calls(864, attn_mask=DocumentSpans(seg)) == 4

@@ -47,9 +47,8 @@ class MultiHeadedAttention(nn.Module):
             out = span_attention(q, k, v, attn_mask, dropout, gqa)
         elif attn_mask is not None and not torch.is_tensor(attn_mask):  # a FlexAttention BlockMask
             out = flex_attention()(q, k, v, block_mask=attn_mask, enable_gqa=gqa)
-        elif (is_causal and attn_mask is None and not dropout and q.device.type == "cpu"
-              and k.shape[2] == seq and seq in CPU_SPLIT_CAUSAL):
-            out = split_causal_attention(q, k, v, gqa)
+        elif is_causal and attn_mask is None and k.shape[2] == seq:
+            out = causal_attention(q, k, v, dropout, gqa)
         else:
             out = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=attn_mask, is_causal=is_causal and attn_mask is None,
@@ -63,6 +62,15 @@ class MultiHeadedAttention(nn.Module):
 # quarter of the work skipped, ~20% of attention time at 512 (docs/benchmarks.md); past
 # 512 the kernel skips blocks itself and the split gains nothing.
 CPU_SPLIT_CAUSAL = range(128, 513)
+
+
+def causal_attention(q, k, v, dropout, gqa):
+    """Causal SDPA over [batch, heads, seq, dim], queries and keys the same positions: every
+    causal call of this module (a whole row, or one packed example) goes through here."""
+    if not dropout and q.device.type == "cpu" and q.shape[2] in CPU_SPLIT_CAUSAL:
+        return split_causal_attention(q, k, v, gqa)
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout,
+                                          enable_gqa=gqa)
 
 
 def split_causal_attention(q, k, v, gqa):
@@ -87,10 +95,11 @@ def span_attention(q, k, v, spans, dropout, gqa):
     for b, runs in enumerate(spans.rows):
         parts = []
         for start, length in runs:
+            run = [t[b:b + 1, :, start:start + length] for t in (q, k, v)]
             window = spans.window_mask(length, q.device)
-            parts.append(F.scaled_dot_product_attention(
-                *(t[b:b + 1, :, start:start + length] for t in (q, k, v)), attn_mask=window,
-                is_causal=window is None, dropout_p=dropout, enable_gqa=gqa))
+            parts.append(causal_attention(*run, dropout, gqa) if window is None else
+                         F.scaled_dot_product_attention(*run, attn_mask=window,
+                                                        dropout_p=dropout, enable_gqa=gqa))
         rows.append(torch.cat(parts, dim=2) if len(parts) > 1 else parts[0])
     return torch.cat(rows) if len(rows) > 1 else rows[0]
 

@@ -93,7 +93,9 @@ def softmax_cross_entropy_(logits, targets, logits_of_rows, fused=None):
     loss comes from the shifted logits in separate in-place passes, which never underflow.
     ``fused`` (default: on CPU) picks the first way.
     """
-    if fused if fused is not None else logits.device.type == "cpu":
+    if fused is None:
+        fused = logits.device.type == "cpu"
+    if fused:
         probs = torch.softmax(logits, dim=1, out=logits)
         token_loss = -probs.gather(1, targets).log_()
         underflow = token_loss.squeeze(1) > UNDERFLOW_LOSS
