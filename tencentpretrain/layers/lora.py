@@ -35,6 +35,10 @@ MODULES_TO_SAVE = {
 }
 
 
+# keys an adapter's JSON holds beside the LoraConfig (the base it was trained on, adapters.py)
+_BASE_KEYS = ("base_model", "base_fingerprint")
+
+
 @dataclass
 class LoraConfig:
     """What an adapter is: recorded beside every saved adapter."""
@@ -76,6 +80,7 @@ class LoraConfig:
         known = {"r", "alpha", "dropout", "targets", "modules_to_save"}
         if not isinstance(raw, dict) or not {"r", "alpha", "targets"} <= raw.keys():
             raise ConfigError(f"{source}: not a LoRA adapter config (needs r, alpha, targets)")
+        raw = {k: v for k, v in raw.items() if k not in _BASE_KEYS}  # adapters.py's, not ours
         unknown = sorted(set(raw) - known)
         if unknown:
             raise ConfigError(f"{source}: unknown key {unknown[0]!r}; known: "

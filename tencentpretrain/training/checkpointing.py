@@ -11,6 +11,7 @@ Two kinds of output, both written so that a save killed halfway never loads:
   last, atomically, so resuming always finds a complete save.
 """
 import contextlib
+import dataclasses
 import json
 import os
 import random
@@ -275,3 +276,133 @@ def read_latest(directory):
         raise TrainingError(f"--resume_from_checkpoint {directory}: '{LATEST}' names {tag!r}, "
                             "which is not a folder there")
     return tag
+
+
+# ---- what a run was started from, recorded in every save and checked on resume ----
+
+# meta.json fields that make a dataset's samples what they are (preprocess.py writes them)
+DATASET_FIELDS = ("format_version", "data_processor", "seq_length", "packed", "vocab_size",
+                  "tokenizer_sha256", "corpus_file", "seed", "num_samples", "num_tokens",
+                  "num_documents", "prompt_template")
+
+
+def config_record(config):
+    """The resolved model config as JSON values (what the weights' shapes follow)."""
+    values = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
+              if f.name != "source"}
+    return json.loads(json.dumps(values))
+
+
+def dataset_record(dataset_path, meta):
+    return {"path": dataset_path, **{key: meta[key] for key in DATASET_FIELDS if key in meta}}
+
+
+def run_record(config_path, config, vocab_size, lora, base_path, base_fp, seed, dataset_path,
+               meta):
+    """What a run was started from, saved in ``trainer_state_rank<R>.json`` (plain JSON):
+    the model config and vocabulary, the LoRA settings (None: full training), the base
+    (its file and fingerprint, or the seed of a random one) and the dataset's identity."""
+    return {"config_path": config_path, "model_config": config_record(config),
+            "vocab_size": vocab_size, "lora": lora.to_dict() if lora is not None else None,
+            "base": {"path": base_path, "fingerprint": base_fp, "seed": seed},
+            "dataset": dataset_record(dataset_path, meta)}
+
+
+def saved_run(directory, rank):
+    """The run record of the latest save of ``directory``; None for saves made before
+    checkpoints recorded it."""
+    return load_trainer_state(directory, read_latest(directory), rank).get("run")
+
+
+def _lora_options(lora):
+    options = f"--use_lora --lora_r {lora['r']} --lora_alpha {lora['alpha']:g} " \
+              f"--lora_target_modules {','.join(lora['targets'])}"
+    if lora.get("modules_to_save"):
+        options += f" --lora_modules_to_save {','.join(lora['modules_to_save'])}"
+    return options
+
+
+def _first_difference(saved, current, keys):
+    """(key, saved value, current value) of the first key both hold with other values; a key
+    one side lacks (recorded by another version) is not compared."""
+    return next(((key, saved[key], current[key]) for key in keys
+                 if key in saved and key in current and saved[key] != current[key]), None)
+
+
+def check_resumed_model(directory, saved, config_path, config, use_lora):
+    """Before anything is built: the checkpoint's kind (LoRA or full) and model config
+    against this run's options."""
+    name = f"--resume_from_checkpoint {directory}"
+    if saved["lora"] is not None and not use_lora:
+        raise TrainingError(f"{name}: the checkpoint holds LoRA adapters on a frozen base, not "
+                            f"a full model; resume it with {_lora_options(saved['lora'])} (its "
+                            "settings), or merge its adapter (scripts/merge_lora.py) to train "
+                            "the whole model")
+    if saved["lora"] is None and use_lora:
+        step = step_of(read_latest(directory))
+        weights = weights_path(os.path.normpath(directory).removesuffix(".checkpoints"),
+                               step if step is not None else "STEP")
+        raise TrainingError(f"{name}: the checkpoint holds full-model training, no LoRA "
+                            f"adapters; resume it without --use_lora, or start a new LoRA run "
+                            f"on its weights (--pretrained_model_path {weights})")
+    current = config_record(config)
+    diff = _first_difference(saved["model_config"], current, list(current))
+    if diff:
+        key, was, now = diff
+        raise TrainingError(f"{name}: saved with model config {saved['config_path']} ({key} "
+                            f"{json.dumps(was)}), --config_path {config_path} has {key} "
+                            f"{json.dumps(now)}; resume with the checkpoint's config")
+
+
+def check_resumed_inputs(directory, saved, current, allow_changed_base=False,
+                         allow_changed_dataset=False, say=print):
+    """Once the inputs are open: vocabulary, LoRA settings, the base a LoRA run trains on
+    (its weights are not in the checkpoint) and the dataset, each against the record."""
+    name = f"--resume_from_checkpoint {directory}"
+    if saved["vocab_size"] != current["vocab_size"]:
+        raise TrainingError(f"{name}: saved with a vocabulary of {saved['vocab_size']}, this "
+                            f"run's (tokenizer or --pretrained_model_path) is "
+                            f"{current['vocab_size']}")
+    if saved["lora"] is not None:
+        diff = _first_difference(saved["lora"], current["lora"],
+                                 ("r", "alpha", "targets", "modules_to_save"))
+        if diff:
+            key, was, now = diff
+            raise TrainingError(f"{name}: the checkpoint's adapters have {key} {was}, this run "
+                                f"asks for {now}; resume with {_lora_options(saved['lora'])}")
+        line = _changed_base(saved["base"], current["base"])
+        if line and not allow_changed_base:
+            raise TrainingError(f"{name}: {line}; pass that base, or --allow_changed_base to "
+                                "train these adapters on this one")
+        if line:
+            say(f"note: {line}; continuing on it (--allow_changed_base)")
+    dataset = _first_difference(saved["dataset"], current["dataset"], DATASET_FIELDS)
+    if dataset:
+        key, was, now = dataset
+        line = (f"the run trained on {saved['dataset']['path']} ({key} {was}), --dataset_path "
+                f"{current['dataset']['path']} has {key} {now}")
+        if not allow_changed_dataset:
+            raise TrainingError(f"{name}: {line}, so the saved data position means other "
+                                "samples; pass that dataset, or --allow_changed_dataset to "
+                                "continue on this one")
+        say(f"note: {line}; continuing on it from the saved position (--allow_changed_dataset)")
+
+
+def _describe_base(base):
+    if base["fingerprint"] is None:
+        return f"a random base (--seed {base['seed']})"
+    return f"base {base['path']} (fingerprint {base['fingerprint'][:12]})"
+
+
+def _changed_base(saved, current):
+    """A LoRA run's base differs from the saved run's: what differs, else None."""
+    if saved["fingerprint"] == current["fingerprint"] and (
+            saved["fingerprint"] is not None or saved["seed"] == current["seed"]):
+        return None
+    if current["fingerprint"] is None and saved["fingerprint"] is not None:
+        return (f"the adapters were trained on {_describe_base(saved)}; without "
+                "--pretrained_model_path they would train on a random base")
+    now = (f"--seed {current['seed']} makes another random base" if current["fingerprint"] is None
+           else f"--pretrained_model_path {current['path']} is another (fingerprint "
+                f"{current['fingerprint'][:12]})")
+    return f"the adapters were trained on {_describe_base(saved)}, {now}"

@@ -15,13 +15,25 @@ from tencentpretrain.training.errors import TrainingError
 from tencentpretrain.training.logs import LEVELS, before_deepspeed_import
 from tencentpretrain.training.scheduler import SCHEDULERS
 from tencentpretrain.training.settings import Launch
+from tencentpretrain.utils.optional import require
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Each option's default once: argparse's "(default: X)", unless the help already says
+    what the default is (options whose None means "from elsewhere": the DeepSpeed config,
+    the adapter continued from)."""
+
+    def _get_help_string(self, action):
+        if "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def build_parser():
     parser = argparse.ArgumentParser(
         description="Pre-train or instruction-tune a LLaMA model, in one process or under "
                     "DeepSpeed (`deepspeed pretrain.py --deepspeed ...`).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=_HelpFormatter)
 
     model = parser.add_argument_group("model")
     model.add_argument("--config_path", required=True, help="Model config JSON.")
@@ -70,6 +82,14 @@ def build_parser():
                                "files); older ones are deleted once a new save is complete.")
     progress.add_argument("--resume_from_checkpoint", default=None,
                           help="A .checkpoints folder: continue from its latest save.")
+    progress.add_argument("--allow_changed_base", action="store_true",
+                          help="LoRA: resume, or continue --lora_pretrained_model_path, on "
+                               "another base than the one the adapters were trained on (refused "
+                               "otherwise: the base's fingerprint is recorded).")
+    progress.add_argument("--allow_changed_dataset", action="store_true",
+                          help="Resume on another dataset than the checkpoint's (e.g. "
+                               "re-preprocessed with another --seq_length) from the saved data "
+                               "position (refused otherwise).")
     progress.add_argument("--report_steps", type=int, default=100,
                           help="Print loss, learning rate, throughput and ETA every N steps.")
     progress.add_argument("--tensorboard_dir", default=None, help="Write TensorBoard scalars here.")
@@ -111,16 +131,21 @@ def _add_lora_arguments(parser):
     lora = parser.add_argument_group("LoRA")
     lora.add_argument("--use_lora", action="store_true",
                       help="Train LoRA adapters on a frozen base; saves adapter-only files.")
-    lora.add_argument("--lora_r", type=int, default=None, help=f"Rank (default {defaults.r}).")
+    continued = "or the --lora_pretrained_model_path adapter's"
+    lora.add_argument("--lora_r", type=int, default=None,
+                      help=f"Rank (default: {defaults.r}, {continued}).")
     lora.add_argument("--lora_alpha", type=float, default=None,
-                      help=f"The update is alpha/r * B A (default alpha {defaults.alpha:g}).")
+                      help=f"The update is alpha/r * B A (default: {defaults.alpha:g}, "
+                           f"{continued}).")
     lora.add_argument("--lora_dropout", type=float, default=None,
-                      help=f"Dropout on the adapters' input (default {defaults.dropout:g}).")
+                      help=f"Dropout on the adapters' input (default: {defaults.dropout:g}, "
+                           f"{continued}).")
     lora.add_argument("--lora_target_modules", default=None,
-                      help=f"Comma-separated, from {','.join(TARGETS)} (default: all).")
+                      help=f"Comma-separated, from {','.join(TARGETS)} (default: all, "
+                           f"{continued}).")
     lora.add_argument("--lora_modules_to_save", default=None,
                       help=f"Comma-separated, from {','.join(MODULES_TO_SAVE)}: trained whole "
-                           "(e.g. after a vocabulary extension).")
+                           f"(e.g. after a vocabulary extension) (default: none, {continued}).")
     lora.add_argument("--lora_pretrained_model_path", default=None,
                       help="An adapter to continue from (ours or a PEFT folder).")
 
@@ -200,6 +225,8 @@ def check_args(args):
             raise TrainingError(f"--{name} {path}: no such folder")
     if args.deepspeed and not args.deepspeed_config:
         raise TrainingError("--deepspeed needs --deepspeed_config")
+    if args.tensorboard_dir:
+        require("tensorboard", "tensorboard", "--tensorboard_dir")
     if args.enable_zero3 and not args.deepspeed:
         raise TrainingError("--enable_zero3 needs --deepspeed (ZeRO-3 is DeepSpeed's)")
     _check_lora_args(args)

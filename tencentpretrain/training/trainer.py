@@ -10,7 +10,8 @@ import random
 import numpy as np
 import torch
 
-from tencentpretrain.adapters import adapter_files, check_adapter, read_adapter, save_adapter
+from tencentpretrain.adapters import (adapter_files, base_fingerprint, base_record,
+                                      check_adapter, other_base, read_adapter, save_adapter)
 from tencentpretrain.config import load_config
 from tencentpretrain.data import PROCESSORS, BatchIterator, Prefetcher, TokenDataset
 from tencentpretrain.layers.lora import (adapter_names, inject_lora,
@@ -81,12 +82,28 @@ def _train(args):
     tokenizer = load_tokenizer(args.spm_model_path, args.tokenizer_path)
     dataset = TokenDataset(args.dataset_path)
     config = load_config(args.config_path)
-    weights, vocab_size = None, tokenizer.vocab_size
+    saved_run = None
+    if args.resume_from_checkpoint:  # what the checkpoint holds, before anything is loaded
+        saved_run = ckpt.saved_run(args.resume_from_checkpoint, launch.rank)
+        if saved_run is None:
+            say(f"note: {args.resume_from_checkpoint} was saved before checkpoints recorded "
+                "their model config, LoRA settings, base and dataset; these are not checked")
+        else:
+            ckpt.check_resumed_model(args.resume_from_checkpoint, saved_run, args.config_path,
+                                     config, args.use_lora)
+    weights, vocab_size, base_fp = None, tokenizer.vocab_size, None
     if args.pretrained_model_path:
         weights, vocab_size = ckpt.open_pretrained(args.pretrained_model_path, config)
+        base_fp = base_fingerprint(weights, config.tie_weights)
     check_data(args, dataset, tokenizer, config, vocab_size)
 
-    lora, adapter = open_lora(args, config, vocab_size) if args.use_lora else (None, None)
+    lora, adapter = open_lora(args, config, vocab_size, base_fp) if args.use_lora else (None, None)
+    record = ckpt.run_record(args.config_path, config, vocab_size, lora,
+                             args.pretrained_model_path, base_fp, args.seed, args.dataset_path,
+                             dataset.meta)
+    if saved_run is not None:
+        ckpt.check_resumed_inputs(args.resume_from_checkpoint, saved_run, record,
+                                  args.allow_changed_base, args.allow_changed_dataset, say)
 
     backend = make_backend(settings)
     if args.resume_from_checkpoint and lora is None:
@@ -113,7 +130,7 @@ def _train(args):
 
     batches = Prefetcher(batches, pin_memory=backend.device.type == "cuda")
     try:
-        loop(args, settings, backend, model, batches, start_step, dataset.seq_length)
+        loop(args, settings, backend, model, batches, start_step, dataset.seq_length, record)
     finally:
         batches.close()
     backend.close()
@@ -149,12 +166,20 @@ def setup_model(backend, config, vocab_size, seed, weights, checkpoint_layers, m
     return model.train()
 
 
-def open_lora(args, config, vocab_size):
+def open_lora(args, config, vocab_size, base_fp=None):
     """The LoRA settings and the adapter to continue from (None: new adapters), checked
-    against the model's shapes on the meta device before anything is allocated."""
+    against the model's shapes on the meta device before anything is allocated, and
+    against the base it was trained on (``base_fp``: this run's base fingerprint)."""
     saved, adapter = None, None
     if args.lora_pretrained_model_path:
-        saved, adapter = read_adapter(args.lora_pretrained_model_path, config)
+        path = args.lora_pretrained_model_path
+        line = other_base(path, base_fp, f"--pretrained_model_path {args.pretrained_model_path}")
+        if line and not args.allow_changed_base:
+            raise TrainingError(f"--lora_pretrained_model_path: {line}; pass its base, or "
+                                "--allow_changed_base to continue it on this one")
+        if line:
+            say(f"note: {line}; continuing it on this base (--allow_changed_base)")
+        saved, adapter = read_adapter(path, config)
     lora = lora_config(args, saved)
     if adapter is not None:
         check_adapter(config, lora, adapter, args.lora_pretrained_model_path, vocab_size)
@@ -209,6 +234,8 @@ def resume(args, backend, batches):
         batches.load_state_dict(state["data"])
     except ValueError as e:
         raise TrainingError(f"--resume_from_checkpoint {directory}: {e}") from None
+    if batches.position >= len(batches.dataset):  # a smaller dataset (--allow_changed_dataset)
+        batches.epoch, batches.position = batches.epoch + 1, 0
     ckpt.set_rng_state(state["rng"])
     say(f"resumed from {os.path.join(directory, tag)} at step {state['step']}")
     if "schedule" in state:  # saves before the schedule was recorded have none
@@ -261,7 +288,7 @@ def train_step(backend, micro_batches):
     return step_loss, counted, tokens, grad_norm
 
 
-def loop(args, settings, backend, model, batches, start_step, seq_length):
+def loop(args, settings, backend, model, batches, start_step, seq_length, record=None):
     reporter = Reporter(backend.rank, args.total_steps, start_step, args.tensorboard_dir)
     throughput = Throughput(flops_per_token(model, seq_length), backend.world_size,
                             peak_flops(args.peak_tflops))
@@ -286,7 +313,7 @@ def loop(args, settings, backend, model, batches, start_step, seq_length):
                                 tokens_per_s, mfu)
                 window_loss, window_tokens = 0.0, 0
             if step % args.save_checkpoint_steps == 0 or step == args.total_steps:
-                save(args, backend, model, batches, step, reporter)
+                save(args, backend, model, batches, step, reporter, record)
         reporter.summary(args.total_steps, output_paths(args))
     finally:
         reporter.close()
@@ -310,19 +337,24 @@ def output_paths(args):
     return paths
 
 
-def save(args, backend, model, batches, step, reporter):
-    """Consolidated weights, then the resumable checkpoint, then ``latest``."""
+def save(args, backend, model, batches, step, reporter, record=None):
+    """Consolidated weights, then the resumable checkpoint, then ``latest``. ``record``:
+    what the run was started from (``checkpointing.run_record``), checked on resume."""
     path = ckpt.weights_path(args.output_model_path, step)
     if args.use_lora:  # the adapter (and modules_to_save) only: the base is unchanged
         state = ckpt.consolidated_state_dict(model, backend.zero3, backend.rank,
                                              names=set(adapter_names(model)))
+        base = record["base"] if record else {"path": None, "fingerprint": None}
         if backend.rank == 0:
-            path = save_adapter(path, model.lora_config, state)
+            path = save_adapter(path, model.lora_config, state,
+                                base_record(base["path"], base["fingerprint"]))
     else:
         ckpt.save_weights(model, path, backend.zero3, backend.rank)
     directory, tag = ckpt.checkpoints_dir(args.output_model_path), ckpt.tag_of(step)
     state = {"step": step, "world_size": backend.world_size, "data": batches.state_dict(),
              "rng": ckpt.rng_state(), "schedule": schedule_options(args)}
+    if record is not None:
+        state["run"] = record
     ckpt.save_trainer_state(directory, tag, backend.rank, state)
     backend.save_checkpoint(directory, tag)
     backend.barrier()
@@ -336,7 +368,8 @@ def save(args, backend, model, batches, step, reporter):
         if args.save_total_limit:
             ckpt.prune_saves(args.output_model_path, args.save_total_limit, step)
     backend.barrier()  # no rank goes on before the save is complete and pruned
+    final = (" + ".join(adapter_files(args.output_model_path)) if args.use_lora
+             else args.output_model_path)
     reporter.say(f"saved {path} and {os.path.join(directory, tag)}"
-                 + (f"; final {'adapter' if args.use_lora else 'weights'} also at "
-                    f"{args.output_model_path}"
+                 + (f"; final {'adapter' if args.use_lora else 'weights'} also at {final}"
                     if step == args.total_steps else ""))
