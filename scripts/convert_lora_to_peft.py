@@ -10,6 +10,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tencentpretrain.adapters import check_adapter, read_adapter  # noqa: E402
 from tencentpretrain.config import load_config  # noqa: E402
+from tencentpretrain.convert.hf_llama import check_output_folder  # noqa: E402
 from tencentpretrain.convert.peft_lora import PEFT_CONFIG, write_peft_dir  # noqa: E402
 from tencentpretrain.utils.cli import run  # noqa: E402
 from tencentpretrain.utils.weights import WeightsError  # noqa: E402
@@ -30,6 +31,7 @@ def convert(args):
     if os.path.isdir(args.input_model_path):
         raise WeightsError(f"--input_model_path {args.input_model_path} is a folder (already a "
                            "PEFT adapter?); expected NAME.safetensors from pretrain.py --use_lora")
+    check_output_folder(args.output_model_path)
     lora, adapter = read_adapter(args.input_model_path, config)
     check_adapter(config, lora, adapter, args.input_model_path)
     write_peft_dir(args.output_model_path, lora, adapter, config)

@@ -10,10 +10,12 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tencentpretrain.config import load_config  # noqa: E402
-from tencentpretrain.convert.hf_llama import config_to_hf, tencentpretrain_to_hf  # noqa: E402
+from tencentpretrain.convert.hf_llama import (check_output_folder, config_to_hf,  # noqa: E402
+                                              hf_family, tencentpretrain_to_hf)
 from tencentpretrain.convert.hf_tokenizer import export_tokenizer  # noqa: E402
-from tencentpretrain.model_builder import vocab_size_of  # noqa: E402
-from tencentpretrain.tokenizer import add_tokenizer_options, load_tokenizer  # noqa: E402
+from tencentpretrain.model_builder import build_model, check_state_dict, vocab_size_of  # noqa: E402
+from tencentpretrain.tokenizer import (TokenizerError, add_tokenizer_options,  # noqa: E402
+                                       load_tokenizer)
 from tencentpretrain.utils.cli import run  # noqa: E402
 from tencentpretrain.utils.weights import (WeightsError, load_state_dict_file,  # noqa: E402
                                            save_state_dict_file)
@@ -34,8 +36,24 @@ def main(argv=None):
         hf_help="Tokenizer (tokenizer.json or its folder): bos/eos ids for config.json, and "
                 "tokenizer.json, its tokenizer_config.json (written when absent), "
                 "special_tokens_map.json and generation_config.json in the folder.")
+    parser.add_argument("--tokenizer_check_path", default=None,
+                        help="Text file: its first 1000 lines are checked as well as a fixed "
+                             "multilingual sample; the exported tokenizer must give the "
+                             "SentencePiece ids on all of them.")
     args = parser.parse_args(argv)
     run(lambda: convert(args))
+
+
+def read_check_lines(path, limit=1000):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return [line.rstrip("\n") for _, line in zip(range(limit), f)]
+    except FileNotFoundError:
+        raise TokenizerError(f"--tokenizer_check_path {path}: no such file") from None
+    except UnicodeDecodeError:
+        raise TokenizerError(f"--tokenizer_check_path {path}: not UTF-8 text") from None
+    except OSError as e:
+        raise TokenizerError(f"--tokenizer_check_path {path}: {e.strerror}") from None
 
 
 def convert(args):
@@ -44,22 +62,34 @@ def convert(args):
         tokenizer = load_tokenizer(args.spm_model_path, args.tokenizer_path)
         bos_id, eos_id = tokenizer.bos_id, tokenizer.eos_id
     config = load_config(args.config_path)
+    hf_family(config)
+    check_output_folder(args.output_model_path)
+    check_texts = []
+    if args.tokenizer_check_path:
+        if not tokenizer:
+            raise TokenizerError("--tokenizer_check_path needs --spm_model_path or --tokenizer_path")
+        check_texts = read_check_lines(args.tokenizer_check_path)
     state = load_state_dict_file(args.input_model_path)
     vocab_size = vocab_size_of(state, args.input_model_path)
+    # every tensor's shape against the config, before anything is written
+    check_state_dict(build_model(config, vocab_size, device="meta"), state, args.input_model_path)
     try:
         hf_state = tencentpretrain_to_hf(state, config)
     except KeyError as e:
         raise WeightsError(f"{args.input_model_path}: missing tensor {e.args[0]} for "
                            f"config {args.config_path}") from None
     dtype = str(next(iter(hf_state.values())).dtype).replace("torch.", "")
+    hf_config = config_to_hf(config, vocab_size, bos_id, eos_id, dtype)
+    written = []
+    if tokenizer:  # first: its ids are checked, and a refusal leaves the folder as it was
+        written += export_tokenizer(tokenizer, args.output_model_path, config.max_seq_length,
+                                    check_texts)
     os.makedirs(args.output_model_path, exist_ok=True)
     with open(os.path.join(args.output_model_path, "config.json"), "w", encoding="utf-8") as f:
-        json.dump(config_to_hf(config, vocab_size, bos_id, eos_id, dtype), f, indent=2)
+        json.dump(hf_config, f, indent=2)
         f.write("\n")
     save_state_dict_file(hf_state, os.path.join(args.output_model_path, "model.safetensors"))
-    written = ["config.json", "model.safetensors"]
-    if tokenizer:
-        written += export_tokenizer(tokenizer, args.output_model_path, config.max_seq_length)
+    written = ["config.json", "model.safetensors"] + written
     print(f"wrote {args.output_model_path}: {', '.join(written)}")
 
 

@@ -37,10 +37,10 @@ def test_converter_writes_tokenizer_files_that_give_training_ids(tmp_path, llama
         os.umask(umask)
     assert {name: os.stat(out / name).st_mode & 0o777 for name in os.listdir(out)} == {
         name: 0o644 for name in ["config.json", "model.safetensors", "tokenizer.model",
-                                 "tokenizer_config.json", "special_tokens_map.json",
+                                 "tokenizer.json", "tokenizer_config.json",
+                                 "special_tokens_map.json",
                                  "generation_config.json"]}
-    texts = [t for t in TEXTS if not t.startswith("  ")] + held_out_chinese()[:3] + \
-        english_texts(3)
+    texts = TEXTS + held_out_chinese()[:3] + english_texts(3)
     assert_hf_ids_equal_sentencepiece(str(out), llama_spm, texts)
     generation = json.loads((out / "generation_config.json").read_text())
     assert generation == {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}
@@ -51,7 +51,7 @@ def test_converter_writes_tokenizer_files_that_give_training_ids(tmp_path, llama
 def test_hf_tokenizer_agrees_with_sentencepiece_on_the_merged_model(tmp_path):
     _, merged = merged_tokenizer()
     write_hf_tokenizer(merged, str(tmp_path))
-    texts = [t for t in TEXTS if not t.startswith("  ")] + held_out_chinese() + english_texts(20)
+    texts = TEXTS + held_out_chinese() + english_texts(20)
     assert_hf_ids_equal_sentencepiece(str(tmp_path), merged, texts)
 
 
@@ -60,7 +60,8 @@ def test_special_ids_come_from_the_tokenizer(tmp_path, chinese_spm):
     generation = json.loads((tmp_path / "generation_config.json").read_text())
     assert generation == {"bos_token_id": 2, "eos_token_id": 3, "pad_token_id": 0}
     assert sorted(os.listdir(tmp_path)) == ["generation_config.json", "special_tokens_map.json",
-                                            "tokenizer.model", "tokenizer_config.json"]
+                                            "tokenizer.json", "tokenizer.model",
+                                            "tokenizer_config.json"]
 
 
 def test_transformers_generate_from_the_export_equals_our_greedy(tmp_path, llama_spm):

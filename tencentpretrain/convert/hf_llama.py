@@ -224,13 +224,39 @@ def tencentpretrain_to_hf(state, config: ModelConfig):
     return hf
 
 
+# What an export writes or a reader reads as weights; an output folder holding any of these
+# is refused, so an old export's files never sit beside a new one's.
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".index.json", ".pth", ".pt")
+
+
+def check_output_folder(path, option="--output_model_path"):
+    """Refuse an output that is a file, or a folder already holding weight files: the old
+    files would stay beside the new ones (a stale shard index is read before a new
+    ``model.safetensors``). Other files (a README, logs) are left alone."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise WeightsError(f"{option} {path} is a file; give a folder to write the export into")
+    if os.path.isdir(path):
+        held = sorted(name for name in os.listdir(path) if name.endswith(WEIGHT_SUFFIXES))
+        if held:
+            raise WeightsError(f"{option} {path} already holds weight files ({held[0]}"
+                               f"{f' and {len(held) - 1} more' if len(held) > 1 else ''}), which "
+                               "would mix with the export; give a new or empty folder, or remove "
+                               "them")
+
+
 def _weight_files(path):
     """The weight files of an HF folder. A shard index names them exactly, so files that
     sit beside the HF shards in hub folders (Mistral's ``consolidated.safetensors``) are
-    not read twice."""
+    not read twice. A folder with both a single weights file and an index is refused: one
+    of them is left over from another export."""
     for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         index = os.path.join(path, index_name)
         if os.path.isfile(index):
+            singles = [name for name in ("model.safetensors", "pytorch_model.bin")
+                       if os.path.isfile(os.path.join(path, name))]
+            if singles:
+                raise WeightsError(f"{path} holds both {singles[0]} and {index_name}: one is "
+                                   "left over from another export; remove the stale one")
             weight_map = read_json(index, WeightsError, expect=dict).get("weight_map")
             if not isinstance(weight_map, dict):
                 raise WeightsError(f'{index}: no "weight_map" object; not a shard index')

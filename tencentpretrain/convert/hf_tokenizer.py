@@ -6,12 +6,44 @@ file itself with the files beside it that name its special tokens.
 Without ``tokenizer_config.json`` transformers guesses: no bos, and the non-legacy prefix
 handling that drops the leading ``▁`` SentencePiece puts before Chinese text. Special ids come
 from the SentencePiece model (tencentpretrain/tokenizer.py), never from constants.
+
+A SentencePiece model's ids are not what transformers' ``LlamaTokenizer`` computes from
+``tokenizer.model`` alone when the model normalizes (the default ``nmt_nfkc`` rule maps ``，``
+to ``,`` and a newline to a space, and collapses spaces), is a unigram model, or the text
+starts with spaces. So the folder gets a ``tokenizer.json`` built here (the model's
+precompiled normalization map as a ``Precompiled`` normalizer, its whitespace rules, its
+pieces and scores) that ``tokenizer_config.json`` names as ``PreTrainedTokenizerFast``, and
+``tokenizer.model`` for tools that read SentencePiece. Before anything is written to the
+folder the files are checked: their ids must equal SentencePiece's on ``SAMPLE_TEXTS`` (and
+the caller's lines) through ``tokenizers`` and, when transformers is installed, through
+``AutoTokenizer``; else one line names the first text that differs.
 """
 import json
 import os
 import shutil
+import tempfile
 
-from tencentpretrain.tokenizer import HF_FILE, TOKEN_FILES, HfTokenizer, SpmTokenizer
+from tencentpretrain.tokenizer import (HF_FILE, SPM_OPTION, TOKEN_FILES, HfTokenizer,
+                                       SpmTokenizer, TokenizerError)
+
+# Fixed sample the export's ids are checked on: fullwidth punctuation and digits, newlines,
+# tabs, runs of spaces, CJK, kana, Hangul, Cyrillic, Arabic, emoji, ligatures, combining marks.
+SAMPLE_TEXTS = (
+    "Hello world! The quick brown fox jumps over 13 lazy dogs.",
+    "北京是中国的首都。上海，广州；深圳？“引号”（括号）",
+    "全角：ＡＢＣ　１２３，！？（）［］",
+    "line one\nline two\n\nparagraph\ttab\r\nend",
+    "数字 0123456789 and 3.14159, 1,000,000 ２０２４年",
+    "emoji 😀👍🏽🎉 and symbols ©®™ ½ ① ㈱",
+    "日本語のテキスト、カタカナ。한국어 텍스트. Русский текст. العربية",
+    "  two leading spaces and trailing  ",
+    "multiple   spaces    inside",
+    "ﬁ ligature, é vs e\u0301, Ω ℃ …",
+    "混合 text: GPU 显存 24GB, 价格 ¥1999!",
+)
+_UNIGRAM, _BPE = 1, 2  # TrainerSpec.ModelType
+_MODEL_TYPES = {1: "unigram", 2: "bpe", 3: "word", 4: "char"}
+_NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED = 1, 2, 3, 4  # SentencePiece.Type
 
 
 def _write_json(folder, name, content):
@@ -20,26 +52,58 @@ def _write_json(folder, name, content):
         f.write("\n")
 
 
-def write_hf_tokenizer(spm_model_path, folder, model_max_length=None):
-    """Copy the model as ``tokenizer.model`` and write ``tokenizer_config.json``,
-    ``special_tokens_map.json`` and ``generation_config.json``; returns the file names."""
+def write_hf_tokenizer(spm_model_path, folder, model_max_length=None, check_texts=()):
+    """Copy the model as ``tokenizer.model`` and write ``tokenizer.json``,
+    ``tokenizer_config.json``, ``special_tokens_map.json`` and ``generation_config.json``;
+    returns the file names. The files are built and checked in a temporary folder and copied
+    into ``folder`` only when their ids equal SentencePiece's on ``SAMPLE_TEXTS`` and
+    ``check_texts``; else one line names the first text that differs."""
     tokenizer = SpmTokenizer(spm_model_path)
-    os.makedirs(folder, exist_ok=True)
-    shutil.copyfile(spm_model_path, os.path.join(folder, "tokenizer.model"))
+    proto = _proto(tokenizer)
+    texts = list(SAMPLE_TEXTS) + [t for t in check_texts if t]
+    with tempfile.TemporaryDirectory(prefix="hf_tokenizer_") as tmp:
+        names = _write_spm_files(tokenizer, proto, tmp, model_max_length)
+        bad = _first_mismatch(tmp, tokenizer, texts)
+        if bad is not None:
+            text, got, want = bad
+            raise TokenizerError(
+                f"{SPM_OPTION} {spm_model_path}: the Hugging Face tokenizer built from it gives "
+                f"other ids than SentencePiece ({_MODEL_TYPES.get(proto.trainer_spec.model_type)}"
+                f", normalization {proto.normalizer_spec.name}) for {_short(text)}: "
+                f"{_short(got)} instead of {_short(want)}; nothing written")
+        os.makedirs(folder, exist_ok=True)
+        for name in names:
+            shutil.copyfile(os.path.join(tmp, name), os.path.join(folder, name))
+    return names
+
+
+def _short(value, limit=40):
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _proto(tokenizer):
+    from sentencepiece import sentencepiece_model_pb2
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(tokenizer.sp.serialized_model_proto())
+    return proto
+
+
+def _write_spm_files(tokenizer, proto, folder, model_max_length):
+    shutil.copyfile(tokenizer.path, os.path.join(folder, "tokenizer.model"))
+    _fast_tokenizer(tokenizer, proto).save(os.path.join(folder, HF_FILE))
     specials = {"bos_token": tokenizer.id_to_piece(tokenizer.bos_id),
                 "eos_token": tokenizer.id_to_piece(tokenizer.eos_id),
                 "unk_token": tokenizer.id_to_piece(tokenizer.unk_id)}
-    has_pad_piece = tokenizer.sp.pad_id() >= 0
-    if has_pad_piece:
+    if tokenizer.sp.pad_id() >= 0:
         specials["pad_token"] = tokenizer.id_to_piece(tokenizer.pad_id)
     config = {
-        "tokenizer_class": "LlamaTokenizer",
+        # tokenizer.json as written: transformers' LlamaTokenizer would rebuild it without
+        # the normalizer (and as BPE, also for unigram models)
+        "tokenizer_class": "PreTrainedTokenizerFast",
         "add_bos_token": True,
         "add_eos_token": False,
-        "legacy": True,  # SentencePiece's own handling of the dummy prefix
-        "add_prefix_space": True,
         "clean_up_tokenization_spaces": False,
-        "sp_model_kwargs": {},
         **specials,
         "pad_token": specials.get("pad_token"),
     }
@@ -48,8 +112,102 @@ def write_hf_tokenizer(spm_model_path, folder, model_max_length=None):
     _write_json(folder, "tokenizer_config.json", config)
     _write_json(folder, "special_tokens_map.json", specials)
     _write_generation_config(folder, tokenizer)
-    return ["tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
+    return ["tokenizer.model", HF_FILE, "tokenizer_config.json", "special_tokens_map.json",
             "generation_config.json"]
+
+
+def _bpe_merges(proto, vocab):
+    """BPE merges in SentencePiece's order: a normal piece's splits into two pieces, by the
+    merged piece's score (higher merges first), as transformers' SentencePieceExtractor."""
+    merges = []
+    for piece in proto.pieces:
+        if piece.type != _NORMAL:
+            continue
+        text = piece.piece
+        local = [(text[:k], text[k:]) for k in range(1, len(text))
+                 if text[:k] in vocab and text[k:] in vocab]
+        local.sort(key=lambda pair: (vocab[pair[0]], vocab[pair[1]]))
+        merges += [(piece.score, left, right) for left, right in local]
+    merges.sort(key=lambda m: (m[0], len(m[1]), len(m[2])), reverse=True)
+    return [(left, right) for _, left, right in merges]
+
+
+def _fast_tokenizer(tokenizer, proto):
+    """A ``tokenizers.Tokenizer`` computing what SentencePiece computes for ``proto``."""
+    from tokenizers import (AddedToken, Regex, Tokenizer, decoders, models, normalizers,
+                            processors)
+    pieces = proto.pieces
+    model_type, spec = proto.trainer_spec.model_type, proto.normalizer_spec
+    byte_fallback = proto.trainer_spec.byte_fallback
+    unk = tokenizer.unk_id
+    if model_type == _UNIGRAM:
+        model = models.Unigram([(p.piece, p.score) for p in pieces], unk_id=unk,
+                               byte_fallback=byte_fallback)
+    elif model_type == _BPE:
+        vocab = {p.piece: i for i, p in enumerate(pieces)}
+        model = models.BPE(vocab, _bpe_merges(proto, vocab), unk_token=pieces[unk].piece,
+                           fuse_unk=True, byte_fallback=byte_fallback, dropout=None)
+    else:
+        kind = "word" if model_type == 3 else "char"
+        raise TokenizerError(f"{SPM_OPTION} {tokenizer.path}: a {kind} model has no Hugging Face "
+                             "equivalent here; use a bpe or unigram model")
+    fast = Tokenizer(model)
+    steps = []
+    if spec.precompiled_charsmap:
+        steps.append(normalizers.Precompiled(spec.precompiled_charsmap))
+    if spec.remove_extra_whitespaces:  # SentencePiece: only " " after the map counts
+        steps += [normalizers.Replace(Regex("^ +| +$"), ""),
+                  normalizers.Replace(Regex(" {2,}"), " ")]
+    if spec.add_dummy_prefix:  # after the whitespace rules, as SentencePiece; never on ""
+        steps.append(normalizers.Prepend("▁"))
+    if spec.escape_whitespaces:
+        steps.append(normalizers.Replace(" ", "▁"))
+    if proto.trainer_spec.treat_whitespace_as_suffix:
+        raise TokenizerError(f"{SPM_OPTION} {tokenizer.path}: treat_whitespace_as_suffix has no "
+                             "Hugging Face equivalent here")
+    if steps:
+        fast.normalizer = normalizers.Sequence(steps)
+    steps = [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
+    if spec.add_dummy_prefix:
+        steps.append(decoders.Strip(content=" ", left=1, right=0))
+    fast.decoder = decoders.Sequence(steps)
+    fast.add_special_tokens([AddedToken(p.piece, special=True, normalized=False)
+                             for p in pieces if p.type in (_CONTROL, _UNKNOWN)])
+    fast.add_tokens([AddedToken(p.piece, special=False, normalized=False)
+                     for p in pieces if p.type == _USER_DEFINED])
+    bos = tokenizer.id_to_piece(tokenizer.bos_id)
+    fast.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tokenizer.bos_id)])
+    return fast
+
+
+def _first_mismatch(folder, tokenizer, texts):
+    """(text, ids, SentencePiece ids) of the first text whose ids differ, or None: through
+    ``tokenizers``, and through ``AutoTokenizer`` (what users load) when transformers is
+    installed."""
+    from tokenizers import Tokenizer
+    loaded = Tokenizer.from_file(os.path.join(folder, HF_FILE))
+    encoders = [lambda text: loaded.encode(text).ids]
+    try:
+        import transformers
+    except ImportError:
+        transformers = None
+    if transformers is not None:
+        auto = transformers.AutoTokenizer.from_pretrained(folder)
+        encoders.append(lambda text: list(auto(text)["input_ids"]))
+        verbosity = transformers.logging.get_verbosity()
+        transformers.logging.set_verbosity_error()  # no "longer than model_max_length" notes
+    try:
+        for text in texts:
+            want = [tokenizer.bos_id] + tokenizer.encode(text)
+            for encode in encoders:
+                got = encode(text)
+                if got != want:
+                    return text, got, want
+        return None
+    finally:
+        if transformers is not None:
+            transformers.logging.set_verbosity(verbosity)
 
 
 def _write_generation_config(folder, tokenizer):
@@ -88,8 +246,9 @@ def copy_hf_tokenizer(tokenizer, folder, model_max_length=None):
     return written + ["generation_config.json"]
 
 
-def export_tokenizer(tokenizer, folder, model_max_length=None):
-    """The tokenizer files of either kind (tencentpretrain/tokenizer.py) into ``folder``."""
+def export_tokenizer(tokenizer, folder, model_max_length=None, check_texts=()):
+    """The tokenizer files of either kind (tencentpretrain/tokenizer.py) into ``folder``;
+    a SentencePiece model's are checked on ``SAMPLE_TEXTS`` + ``check_texts`` first."""
     if isinstance(tokenizer, HfTokenizer):
         return copy_hf_tokenizer(tokenizer, folder, model_max_length)
-    return write_hf_tokenizer(tokenizer.path, folder, model_max_length)
+    return write_hf_tokenizer(tokenizer.path, folder, model_max_length, check_texts)

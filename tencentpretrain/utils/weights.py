@@ -6,6 +6,7 @@ halfway never leaves a file that loads.
 """
 import contextlib
 import os
+import re
 
 import torch
 
@@ -31,11 +32,7 @@ def load_state_dict_file(path, tensors_only=True):
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001
-            if "Unsupported global" in str(e):  # a pickled object, not just tensors
-                raise WeightsError(f"{path}: a pickle that needs code execution to load; only "
-                                   "plain state dicts of tensors are read") from None
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise WeightsError(f"{path}: not a weights file ({first})") from None
+            raise WeightsError(_unreadable(path, e, tensors_only)) from None
     if isinstance(state, dict) and "module" in state and isinstance(state["module"], dict):
         state = state["module"]  # DeepSpeed model-states files
     if not isinstance(state, dict):
@@ -43,6 +40,30 @@ def load_state_dict_file(path, tensors_only=True):
     if tensors_only and not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightsError(f"{path}: not a state dict of tensors")
     return state
+
+
+def _unreadable(path, error, tensors_only):
+    """One line of our own for a file torch.load(weights_only=True) refused: what the file
+    is, and whether it holds pickled code or is truncated/corrupt (torch's own message is a
+    paragraph about its defaults)."""
+    kind = "weights file" if tensors_only else "training-state file"
+    message = str(error)
+    if "Weights only load failed" in message:  # pickled objects: loading would run code
+        if tensors_only:
+            return (f"{path}: a pickle that needs code execution to load; only plain state "
+                    "dicts of tensors are read")
+        found = re.search(r"GLOBAL (\S+)", message)
+        what = f" ({found.group(1)})" if found else ""
+        return (f"{path}: a pickle that needs code execution to load{what}; a {kind} may hold "
+                "only tensors, numbers and containers, all that torch.load(weights_only=True) reads")
+    with open(path, "rb") as f:
+        zipped = f.read(4) == b"PK\x03\x04"
+    if zipped or isinstance(error, EOFError) or "truncated" in message or \
+            "Ran out of input" in message or os.path.getsize(path) == 0:
+        form = "torch zip archive" if zipped else "torch pickle"
+        return (f"{path}: truncated or corrupt {kind} (an incomplete {form}, e.g. a save or "
+                "copy that did not finish); use another copy or checkpoint")
+    return f"{path}: not a {kind} (neither a torch zip archive nor a torch pickle)"
 
 
 def _check_exists(path):
