@@ -48,7 +48,8 @@ def _unreadable(path, error, tensors_only):
     paragraph about its defaults)."""
     kind = "weights file" if tensors_only else "training-state file"
     message = str(error)
-    if "Weights only load failed" in message:  # pickled objects: loading would run code
+    if "Weights only load failed" in message and re.search(r"global|reduce", message, re.I):
+        # pickled objects: loading them would import and call code
         if tensors_only:
             return (f"{path}: a pickle that needs code execution to load; only plain state "
                     "dicts of tensors are read")
