@@ -1,4 +1,5 @@
-"""Continue each prompt of a file (one per line), or chat in the terminal (--interactive).
+"""Continue each prompt of a file (one per line; or a .jsonl file of {"instruction", "input"}
+or {"prompt"} records), or chat in the terminal (--interactive).
 
 Each output line is the continuation of the prompt on the same input line: only the new
 tokens, with "\\" written as "\\\\" and newlines as "\\n" (see docs/inference.md).
@@ -21,13 +22,19 @@ def parse_args(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_options(parser)
     io = parser.add_argument_group("input and output")
-    io.add_argument("--test_path", help="Prompts, one per line (UTF-8).")
+    io.add_argument("--test_path",
+                    help="Prompts, one per line (UTF-8). A .jsonl file (or a .json array) holds "
+                         'one record per prompt: {"instruction": ..., "input": ...} rendered '
+                         "through --prompt_template (default alpaca) as preprocess.py renders "
+                         'alpaca examples, or {"prompt": ...} taken like a line of a text file.')
     io.add_argument("--prediction_path", help="Continuations, one per line.")
     io.add_argument("--interactive", action="store_true",
                     help="Read prompts from the terminal and stream the answers.")
     io.add_argument("--prompt_template", default=None,
                     help='Wrap each prompt in an instruction template: "alpaca" (the one '
-                         "preprocess.py --data_processor alpaca uses) or a template JSON file.")
+                         "preprocess.py --data_processor alpaca uses) or a template JSON file. "
+                         "For instruction records of a .jsonl --test_path, the template they are "
+                         "rendered through (default alpaca).")
     length = parser.add_argument_group("length")
     length.add_argument("--seq_length", type=int, default=None,
                         help="Limit on prompt + continuation tokens (default: the config's "

@@ -1,8 +1,14 @@
-"""Text files and terminals for generate_lm.py: one prompt per line in, one escaped
-continuation per line out, and token-by-token streaming for interactive use."""
+"""Text files and terminals for generate_lm.py: one prompt per line in (or one JSON record per
+line: ``{"instruction", "input"}`` or ``{"prompt"}``), one escaped continuation per line out,
+and token-by-token streaming for interactive use."""
+import copy
 import re
 
+from tencentpretrain.data.corpus import JSON_ARRAY, JSONL, LineError, corpus_kind, decode, \
+    iter_json_array, parse_object
+from tencentpretrain.data.processors.base import text_field
 from tencentpretrain.generation import GenerationError
+from tencentpretrain.prompts import ALPACA_TEMPLATE, build_prompt
 
 
 class StreamPrinter:
@@ -56,13 +62,71 @@ def read_prompts(path):
     return lines
 
 
+def read_records(path):
+    """(where, record) of a prompt file of JSON lines (.jsonl; blank lines skipped) or a JSON
+    array (.json); ``where`` names the line (and the example of an array) for errors."""
+    records = []
+    try:
+        with open(path, "rb") as f:
+            if corpus_kind(path) == JSON_ARRAY:
+                for index, (lineno, record) in enumerate(iter_json_array(f, lambda n: None), 1):
+                    records.append((f"--test_path {path}:{lineno}: example {index}", record))
+            else:
+                for lineno, line in enumerate(f, 1):
+                    if line.strip():
+                        text = decode(line, lineno)
+                        records.append((f"--test_path {path}:{lineno}", parse_object(text, lineno)))
+    except OSError as e:
+        raise GenerationError(f"--test_path {path}: {e.strerror}") from None
+    except LineError as e:
+        raise GenerationError(f"--test_path {path}:{e.lineno}: {e.problem}") from None
+    if not records:
+        raise GenerationError(f"--test_path {path}: no prompts (the file is empty)")
+    return records
+
+
+def record_prompt(record, where, template=None):
+    """(text, rendered) of one prompt record: ``{"instruction", "input"}`` rendered through
+    ``template`` (default Alpaca's) exactly as preprocess.py's alpaca processor renders its
+    examples (rendered=True), or ``{"prompt": text}`` taken as a line of a text file
+    (rendered=False: the generator's --prompt_template, if any, still applies). Other fields,
+    such as an ``output``, are ignored."""
+    if "prompt" in record and "instruction" in record:
+        raise GenerationError(f'{where}: both "prompt" and "instruction"; give one')
+    if "prompt" not in record and "instruction" not in record:
+        raise GenerationError(f'{where}: needs "instruction" (and optionally "input") or '
+                              f'"prompt"')
+    try:
+        if "prompt" in record:
+            return text_field(record, "prompt", 0), False
+        instruction = text_field(record, "instruction", 0)
+        input_text = text_field(record, "input", 0, optional=True)
+    except LineError as e:
+        raise GenerationError(f"{where}: {e.problem}") from None
+    return build_prompt(instruction, input_text, template or ALPACA_TEMPLATE), True
+
+
+def encode_prompts(generator, test_path):
+    """Prompt ids for every prompt of ``test_path``, checked before any is generated from:
+    a .jsonl / .json file holds prompt records (``record_prompt``), any other file one prompt
+    per line."""
+    if corpus_kind(test_path) not in (JSONL, JSON_ARRAY):
+        return [generator.encode(line, f"--test_path {test_path}:{i}")
+                for i, line in enumerate(read_prompts(test_path), 1)]
+    rendered_encoder = copy.copy(generator)
+    rendered_encoder.template = None  # rendered records are taken as they are
+    prompts = []
+    for where, record in read_records(test_path):
+        text, rendered = record_prompt(record, where, generator.template)
+        prompts.append((rendered_encoder if rendered else generator).encode(text, where))
+    return prompts
+
+
 def generate_file(generator, test_path, prediction_path, batch_size=1):
-    """A continuation (``generator``: a TextGenerator) for every line of ``test_path``, one
-    escaped line each in ``prediction_path``; all prompts are checked before the first is
-    generated from. Returns how many were written."""
-    lines = read_prompts(test_path)
-    prompts = [generator.encode(line, f"--test_path {test_path}:{i}")
-               for i, line in enumerate(lines, 1)]
+    """A continuation (``generator``: a TextGenerator) for every prompt of ``test_path`` (a line,
+    or a record of a .jsonl / .json file), one escaped line each in ``prediction_path``; all
+    prompts are checked before the first is generated from. Returns how many were written."""
+    prompts = encode_prompts(generator, test_path)
     with open(prediction_path, "w", encoding="utf-8") as out:
         for start in range(0, len(prompts), batch_size):
             for text in generator.complete(prompts[start:start + batch_size]):

@@ -1,6 +1,7 @@
 """Generation: greedy equals transformers, batched equals unbatched, the KV cache equals
 full recomputation, sampling filters equal transformers' warpers, and the CLI."""
 import io
+import json
 import os
 import re
 import subprocess
@@ -293,3 +294,78 @@ def test_cli_errors(tmp_path, checkpoint, llama_spm, capsys):
     message = one_line_error(run_cli(cli_args(checkpoint, llama_spm, good, tmp_path / "o",
                                               "--top_p", "1.5"), capsys))
     assert "--top_p" in message
+
+
+# --- prompt records: .jsonl / .json --test_path -------------------------------------------------
+
+INSTRUCTIONS = [{"instruction": "Translate to French.", "input": "Good morning", "output": "Bonjour"},
+                {"instruction": "Name a colour.", "input": "", "output": "Blue."},
+                {"instruction": "Count to three.", "output": "1 2 3"}]
+
+
+@pytest.mark.parametrize("template_file", [False, True])
+def test_instruction_records_render_as_preprocessing_does(tmp_path, tokenizer, llama_spm,
+                                                          template_file):
+    """Each record's prompt ids equal the prompt the alpaca processor stores for it, with the
+    default template and with a template file; "input" is used, not dropped."""
+    from inference.text_io import encode_prompts
+    from tencentpretrain.data import TokenDataset, preprocess
+    from tencentpretrain.prompts import load_template
+    records = tmp_path / "r.jsonl"
+    records.write_text("".join(json.dumps(r) + "\n" for r in INSTRUCTIONS) + "\n")
+    template, options = ALPACA_TEMPLATE, {}
+    if template_file:
+        (tmp_path / "t.json").write_text(json.dumps({"prompt_input": "Q: {instruction} [{input}]\nA:",
+                                                     "prompt_no_input": "Q: {instruction}\nA:"}))
+        template = load_template(str(tmp_path / "t.json"))
+        options["prompt_template"] = str(tmp_path / "t.json")
+    preprocess(str(records), llama_spm, str(tmp_path / "ds"), data_processor="alpaca",
+               seq_length=128, progress=False, **options)
+    dataset = TokenDataset(str(tmp_path / "ds"))
+    stored = [s.tokens[:s.prompt_length].tolist() for s in (dataset[i] for i in range(3))]
+    _, ours = random_models(TINY, tokenizer.vocab_size)
+    generator = TextGenerator(ours, tokenizer, 128, template=template if template_file else None)
+    assert encode_prompts(generator, str(records)) == stored
+    assert "Good morning" in tokenizer.decode(stored[0])
+    # the same records as a JSON array
+    (tmp_path / "r.json").write_text(json.dumps(INSTRUCTIONS))
+    assert encode_prompts(generator, str(tmp_path / "r.json")) == stored
+
+
+def test_cli_jsonl_prompts(tmp_path, checkpoint, llama_spm, capsys):
+    """A {"prompt"} record is a text line; an instruction record is rendered; one output line
+    per record (blank lines skipped); a text file works as before."""
+    (tmp_path / "p.txt").write_text("Hello\n")
+    (tmp_path / "p.jsonl").write_text(json.dumps(INSTRUCTIONS[0]) + "\n\n" +
+                                      json.dumps({"prompt": "Hello"}) + "\n")
+    outputs = {}
+    for name in ("p.txt", "p.jsonl"):
+        status, _, err = run_cli(cli_args(checkpoint, llama_spm, tmp_path / name,
+                                          tmp_path / (name + ".out"), "--greedy",
+                                          "--max_new_tokens", "5"), capsys)
+        assert status == 0, err
+        assert err.splitlines()[-1].startswith(f"wrote {2 if name == 'p.jsonl' else 1} ")
+        outputs[name] = (tmp_path / (name + ".out")).read_text(encoding="utf-8").splitlines()
+    assert len(outputs["p.jsonl"]) == 2 and outputs["p.jsonl"][1] == outputs["p.txt"][0]
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("r.jsonl", '{"instruction": "a"}\n{"input": "b"}\n',
+     r'--test_path .*r\.jsonl:2: needs "instruction" \(and optionally "input"\) or "prompt"'),
+    ("r.jsonl", '{"prompt": "a", "instruction": "b"}\n',
+     r'--test_path .*r\.jsonl:1: both "prompt" and "instruction"; give one'),
+    ("r.jsonl", '{"instruction": "a", "input": 3}\n',
+     r'--test_path .*r\.jsonl:1: "input" is a number, not a string'),
+    ("r.jsonl", '{"prompt": "a"}\n{"prompt": \n', r"--test_path .*r\.jsonl:2: broken JSON \(.*\)"),
+    ("r.jsonl", b'{"prompt": "a\xff"}\n', r"--test_path .*r\.jsonl:1: invalid UTF-8 \(byte 0xff at column 14\)"),
+    ("r.jsonl", "\n\n", r"--test_path .*r\.jsonl: no prompts \(the file is empty\)"),
+    ("r.json", '[{"instruction": "a"}, {"output": "b"}]',
+     r'--test_path .*r\.json:1: example 2: needs "instruction" \(and optionally "input"\) or "prompt"'),
+    ("r.json", '[{"instruction": "a"}, 5]', r"--test_path .*r\.json:1: example 2: expected a JSON object, got int"),
+])
+def test_cli_prompt_record_errors(tmp_path, checkpoint, llama_spm, capsys, name, content, message):
+    path = tmp_path / name
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    line = one_line_error(run_cli(cli_args(checkpoint, llama_spm, path, tmp_path / "o.txt"), capsys))
+    assert re.fullmatch("error: " + message, line), line
+    assert not (tmp_path / "o.txt").exists()

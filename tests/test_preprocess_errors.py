@@ -45,11 +45,19 @@ def expect_error(tmp_path, name, content, spm_path, error=CorpusError, **options
     ("sft.jsonl", jsonl({**ALPACA, "output": None}), r'sft\.jsonl:1: "output" is null, not a string', {"data_processor": "alpaca"}),
     ("sft.jsonl", jsonl({**ALPACA, "input": ["x"]}), r'sft\.jsonl:1: "input" is an array, not a string', {"data_processor": "alpaca"}),
     ("sft.json", json.dumps([ALPACA, {"instruction": 1, "output": "x"}], indent=1),
-     r'sft\.json:7: "instruction" is a number, not a string', {"data_processor": "alpaca"}),
+     r'sft\.json:7: example 2: "instruction" is a number, not a string', {"data_processor": "alpaca"}),
     ("sft.json", '[\n{"instruction": "a", "output": "b"},\n{"instruction": "a" "output": "b"}\n]',
-     r"sft\.json:3: broken JSON \(Expecting ',' delimiter\)", {"data_processor": "alpaca"}),
+     r"sft\.json:3: example 2: broken JSON \(Expecting ',' delimiter\)", {"data_processor": "alpaca"}),
     ("sft.json", json.dumps([ALPACA] * 3), r"sft\.json: empty corpus \(no usable example; skipped: 3 prompt too long for seq_length \(--seq_length 39 or more would keep them\)\)",
      {"data_processor": "alpaca", "seq_length": 20}),
+    # a one-line array: the example's index within it says which one
+    ("sft.json", json.dumps([{"instruction": "a", "output": "b"}, {"output": "b"}]),
+     r'sft\.json:1: example 2: missing "instruction"', {"data_processor": "alpaca"}),
+    ("docs.json", json.dumps([{"text": "a"}, {"text": "b"}, {"body": "c"}]),
+     r'docs\.json:1: example 3: missing "text"', {}),
+    ("docs.json", '[{"text": "a"}, [1]]', r"docs\.json:1: example 2: expected a JSON object, got list", {}),
+    ("docs.json", '[{"text": "a"} {"text": "b"}]',
+     r"docs\.json:1: after example 1: broken JSON \(expected ',' or '\]', found '\{'\)", {}),
     ("sft.txt", "hello\n", r"sft\.txt: --data_processor alpaca reads a JSON array \(\.json\) or JSON lines \(\.jsonl\) file", {"data_processor": "alpaca"}),
 ])
 def test_bad_corpus(tmp_path, llama_spm, name, content, message, options):

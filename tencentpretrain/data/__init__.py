@@ -2,9 +2,13 @@
 
 Format: docs/data_format.md. Reader API used by pretrain.py and inference:
 TokenDataset, Sample, collate, sample_order, BatchIterator, DatasetError.
+
+Nothing imported here imports torch, so preprocess.py starts fast and stays small:
+``Prefetcher`` (which pins batches with torch) is imported on first use (PEP 562).
 """
+import importlib
+
 from .batching import BatchIterator, collate, sample_order
-from .prefetch import Prefetcher
 from .dataset import Sample, TokenDataset
 from .format import FORMAT_VERSION, CorpusError, DatasetError
 from .builder import format_summary, preprocess
@@ -12,3 +16,11 @@ from .processors import PROCESSORS, str2processor
 
 __all__ = ["BatchIterator", "CorpusError", "DatasetError", "FORMAT_VERSION", "PROCESSORS", "Prefetcher",
            "Sample", "TokenDataset", "collate", "format_summary", "preprocess", "sample_order", "str2processor"]
+
+_LAZY = {"Prefetcher": ".prefetch"}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -90,8 +90,11 @@ def tokenize_range(task, report):
                 for lineno, piece, offset, last in iter_line_pieces(f, task.start, task.end, corpus.PIECE_BYTES, report):
                     parts.add_text(decode(piece, lineno, offset).strip(), last)
             else:
-                for lineno, record in _records(f, task, report, parts.skipped):
-                    parts.add_record(lineno, record)
+                for index, (lineno, record) in enumerate(_records(f, task, report, parts.skipped), 1):
+                    try:
+                        parts.add_record(lineno, record)
+                    except LineError as e:
+                        raise e.in_example(index) if task.kind == JSON_ARRAY else e from None
         return parts.finish()
     except LineError as e:
         lineno = lines_before(task.corpus_path, task.start) + e.lineno

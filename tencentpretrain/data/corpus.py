@@ -3,7 +3,8 @@
 Lines are read in blocks, never whole: a line longer than `piece_bytes` comes out in several
 pieces, cut after the last space before the limit (else at a UTF-8 character start), so a
 single line of hundreds of MB never sits in memory. Errors are `CorpusError`s naming the file
-and line, e.g. ``corpus.jsonl:17: broken JSON (Expecting ',' delimiter)``: the readers raise
+and line, e.g. ``corpus.jsonl:17: broken JSON (Expecting ',' delimiter)`` (in a JSON array also
+the example: ``corpus.json:1: example 2: missing "instruction"``): the readers raise
 `LineError` (a line counted from where their byte range starts), which the worker turns into
 that message.
 """
@@ -27,6 +28,11 @@ class LineError(CorpusError):
     def __init__(self, lineno, problem):
         super().__init__(f"line {lineno}: {problem}")
         self.lineno, self.problem = lineno, problem
+
+    def in_example(self, index):
+        """The same error naming the example of a JSON array it is about (from 1): several
+        examples can share a line, e.g. a whole array written on line 1."""
+        return LineError(self.lineno, f"example {index}: {self.problem}")
 
 
 def corpus_kind(path):
@@ -128,6 +134,28 @@ def decode(piece, lineno, offset=0):
         raise LineError(lineno, f"invalid UTF-8 (byte 0x{piece[e.start]:02x} at column {column})") from None
 
 
+def check_utf8(path, option="--corpus_path"):
+    """Refuse a file that is not UTF-8 with preprocessing's own message, naming the line and
+    column of the first bad byte (``option path:line: invalid UTF-8 (...)``). Blocks are
+    decoded whole; only a block that fails is read again line by line to find the line."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(BLOCK_BYTES)
+            try:
+                decoder.decode(block, final=not block)
+            except UnicodeDecodeError:
+                break
+            if not block:
+                return
+        try:
+            for lineno, piece, offset, _ in iter_line_pieces(f, 0, os.path.getsize(path),
+                                                             PIECE_BYTES, lambda n: None):
+                decode(piece, lineno, offset)
+        except LineError as e:
+            raise CorpusError(f"{option} {path}:{e.lineno}: {e.problem}") from None
+
+
 def parse_object(text, lineno):
     """One JSONL line -> dict, with a one-line error for anything else."""
     if text.lstrip().startswith("["):
@@ -143,7 +171,9 @@ def parse_object(text, lineno):
 
 
 def iter_json_array(f, report, max_record_bytes=MAX_RECORD_BYTES):
-    """Yield (lineno, record) from a file holding one JSON array, parsed incrementally."""
+    """Yield (lineno, record) from a file holding one JSON array, parsed incrementally.
+    Errors name the example (from 1) as well as the line; a reader of the records should
+    name it too (``LineError.in_example``), as several examples can share a line."""
     yield from _JsonArrayReader(f, report, max_record_bytes)
 
 
@@ -156,6 +186,7 @@ class _JsonArrayReader:
         self.decoder = codecs.getincrementaldecoder("utf-8")()
         self.buf, self.pos, self.eof = "", 0, False
         self.lineno, self.counted = 1, 0  # lineno is the line of buf[counted]
+        self.example = 0  # the example being read, from 1 (0: none yet)
 
     def line(self, at=None):
         at = self.pos if at is None else at
@@ -188,18 +219,20 @@ class _JsonArrayReader:
         raise LineError(self.line(at), problem)
 
     def record(self):
+        self.example += 1
+        where = f"example {self.example}: "
         while True:
             try:
                 record, end = json.JSONDecoder().raw_decode(self.buf, self.pos)
                 break
             except json.JSONDecodeError as e:
                 if self.eof:
-                    self.fail(f"broken JSON ({e.msg})", e.pos)
+                    self.fail(f"{where}broken JSON ({e.msg})", e.pos)
                 if len(self.buf) - self.pos > self.max_record_bytes:
-                    self.fail(f"a JSON record over {self.max_record_bytes >> 20} MiB")
+                    self.fail(f"{where}a JSON record over {self.max_record_bytes >> 20} MiB")
                 self.fill()
         if not isinstance(record, dict):
-            self.fail(f"expected a JSON object, got {type(record).__name__}")
+            self.fail(f"{where}expected a JSON object, got {type(record).__name__}")
         lineno = self.line()
         self.pos = end
         return lineno, record
@@ -222,6 +255,7 @@ class _JsonArrayReader:
                     break
                 if sep != ",":
                     found = repr(sep) if sep else "end of file"
-                    self.fail(f"broken JSON (expected ',' or ']', found {found})", self.pos - 1)
+                    self.fail(f"after example {self.example}: broken JSON (expected ',' or "
+                              f"']', found {found})", self.pos - 1)
         if self.peek():
             self.fail("unexpected data after the JSON array")

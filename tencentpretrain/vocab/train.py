@@ -8,12 +8,16 @@
   instead of taking pieces.
 - unk/bos/eos at 0/1/2 and no pad or user-defined pieces: LLaMA's layout, nothing extra to
   append.
+
+The corpus must be UTF-8: a bad byte is refused naming its line and column, as preprocess.py
+does (``data/corpus.py``), before anything is written.
 """
 import os
 import time
 
 import sentencepiece as spm
 
+from tencentpretrain.data.corpus import check_utf8
 from tencentpretrain.tokenizer import TokenizerError
 
 MODEL_TYPES = ("bpe", "unigram")
@@ -31,6 +35,7 @@ def train_tokenizer(corpus_path, vocab_size, output_spm_model_path, model_type="
     if vocab_size < 260:
         raise TokenizerError(f"--vocab_size {vocab_size}: at least 260 (3 special pieces and "
                              "256 byte-fallback pieces come first)")
+    check_utf8(corpus_path)  # SentencePiece would silently skip or mangle the bad lines
     prefix = output_spm_model_path[:-len(".model")] if output_spm_model_path.endswith(
         ".model") else output_spm_model_path
     os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
