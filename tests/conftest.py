@@ -8,13 +8,32 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 SHARED_DATA = os.path.join(os.path.dirname(ROOT), "shared", "data")
+HAVE_SHARED_DATA = os.path.isdir(SHARED_DATA)
+SHARED_DATA_MISSING = (f"needs {SHARED_DATA} (real corpora and tokenizers, beside the checkout "
+                       "in CI); the rest runs on the project's demo data")
+
+
+def need_shared_data():
+    """Skip the calling test without ../shared/data. Every such skip comes from this one line,
+    so pytest's summary (-ra) counts them all in a single `SKIPPED [N] ...` line."""
+    if not HAVE_SHARED_DATA:
+        pytest.skip(SHARED_DATA_MISSING)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "shared_data: the test reads ../shared/data")
+
+
+@pytest.fixture(autouse=True)
+def _skip_without_shared_data(request):
+    if request.node.get_closest_marker("shared_data"):
+        need_shared_data()
 
 
 @pytest.fixture(scope="session")
 def shared_data():
     """Path of ../shared/data (real corpora and tokenizers); tests never copy it."""
-    if not os.path.isdir(SHARED_DATA):
-        pytest.fail(f"{SHARED_DATA} is missing: CI runs with ../shared beside the checkout")
+    need_shared_data()
     return SHARED_DATA
 
 

@@ -6,11 +6,12 @@ import re
 import pytest
 import torch
 
+from tencentpretrain.data import BatchIterator, TokenDataset
 from tencentpretrain.training import TrainingError
 from tencentpretrain.training.checkpointing import read_latest
 from tencentpretrain.training.engine import TorchBackend
 from tencentpretrain.utils.weights import WeightsError, load_state_dict_file
-from tests.training_support import logged_losses, pretrain_argv, run_in_process
+from tests.training_support import datasets, logged_losses, pretrain_argv, run_in_process
 
 
 def saves(output):
@@ -32,7 +33,9 @@ def test_keeps_the_newest_saves_and_the_final_weights(tmp_path, capsys):
     summary = re.search(r"finished steps 1\.\.5 in \d+:\d\d: ([\d,]+) tokens, [\d,]+ tokens/s, "
                         r"loss first [0-9.]+, last ([0-9.]+), best ([0-9.]+)", log)
     assert summary, log
-    assert int(summary.group(1).replace(",", "")) == 5 * 4 * 64  # steps x batch x seq_length
+    read = BatchIterator(TokenDataset(datasets()["lm"]), 4, seed=7)  # pretrain.py's default
+    assert int(summary.group(1).replace(",", "")) == sum(
+        int((next(read)["seg"] > 0).sum()) for _ in range(5))  # the input tokens of 5 steps
     assert float(summary.group(2)) == losses[5]
     assert float(summary.group(3)) == min(losses.values())
     assert re.search(r"step\s+3/5 \| loss .* \| elapsed \d+:\d\d \| ETA \d+:\d\d", log)
@@ -85,8 +88,9 @@ def test_a_damaged_checkpoint_is_a_one_line_error(tmp_path, damage, capsys):
         open(states, "wb").write(data[:len(data) // 2])
     else:
         torch.save({"optimizer": collections.OrderedDict(step=slice(1, 2))}, states)
-    with pytest.raises(WeightsError, match=f"{re.escape(states)}: (not a weights file|a pickle "
-                                           "that needs code execution)"):
+    with pytest.raises(WeightsError, match=f"{re.escape(states)}: (truncated or corrupt "
+                                           "training-state file|a pickle that needs code "
+                                           "execution)"):
         run_in_process(pretrain_argv(out, steps=4, save=2, extra=[
             "--resume_from_checkpoint", out + ".checkpoints"]))
 

@@ -15,7 +15,7 @@ import torch
 
 import tencentpretrain
 from tencentpretrain.utils.weights import load_state_dict_file
-from tests.training_support import (TINY, ZERO3, logged_losses, pretrain_argv,
+from tests.training_support import (TINY, VOCAB_SIZE, ZERO3, logged_losses, pretrain_argv,
                                          run_in_process, run_script)
 
 LAUNCHER = ["deepspeed", "--num_gpus", "2"]
@@ -57,7 +57,7 @@ def test_zero3_partitions_the_model(lm_run):
     pattern = (r"rank 0 stores ([\d,]+) of ([\d,]+) parameter elements; whole parameters "
                r"exist only while a layer runs \(([\d,]+) elements held whole now\)")
     stored, full, visible = (int(n.replace(",", "")) for n in re.search(pattern, log).groups())
-    assert full == tencentpretrain.build_model(TINY, 32000, device="meta").num_parameters()
+    assert full == tencentpretrain.build_model(TINY, VOCAB_SIZE, device="meta").num_parameters()
     assert stored <= full // 2 + 64 and visible == 0
 
 
@@ -80,7 +80,7 @@ def test_zero3_with_activation_checkpointing_trains_like_one_process(lm_run, tmp
 def test_zero3_outputs(lm_run):
     out, _ = lm_run
     model = tencentpretrain.load_model(TINY, out + "-6")  # no zero_to_fp32 step
-    assert model.vocab_size == 32000
+    assert model.vocab_size == VOCAB_SIZE
     checkpoints = out + ".checkpoints"
     assert open(os.path.join(checkpoints, "latest")).read() == "global_step6"
     for tag in ("global_step3", "global_step6"):

@@ -9,7 +9,7 @@ import tencentpretrain
 from tencentpretrain.data import DatasetError
 from tencentpretrain.errors import UserError
 from tencentpretrain.utils.weights import save_state_dict_file
-from tests.training_support import (CHINESE_SPM, TINY, ZERO2, ZERO3, datasets,
+from tests.training_support import (CHINESE_SPM, OTHER_SPM, TINY, VOCAB_SIZE, ZERO2, ZERO3, datasets,
                                          pretrain_argv, run_in_process, run_script)
 
 
@@ -74,7 +74,7 @@ def test_missing_file(tmp_path, option):
 
 
 def test_tokenizer_differs_from_dataset(tmp_path):
-    argv = replace(pretrain_argv(str(tmp_path / "m")), "--spm_model_path", CHINESE_SPM)
+    argv = replace(pretrain_argv(str(tmp_path / "m")), "--spm_model_path", OTHER_SPM)
     expect_error(argv, "was made with another tokenizer than --spm_model_path")
 
 
@@ -124,7 +124,7 @@ def test_outputs_of_a_short_run(tmp_path):
     run_in_process(pretrain_argv(str(tmp_path / "m"), steps=2, save=2,
                                  extra=["--tensorboard_dir", str(tmp_path / "tb")]))
     model = tencentpretrain.load_model(TINY, str(tmp_path / "m-2"))
-    assert model.vocab_size == 32000
+    assert model.vocab_size == VOCAB_SIZE
     assert sorted(os.listdir(tmp_path)) == ["m", "m-2", "m.checkpoints", "tb"]
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path / "tb"))
     assert torch.isfinite(model(torch.tensor([[1, 2, 3]]))).all()

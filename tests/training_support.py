@@ -1,5 +1,6 @@
 """Shared by the training tests (no tests here): small datasets made once per session from
-../shared/data, and ways to run pretrain.py in-process, as a script, or under deepspeed."""
+../shared/data (or, without it, from the project's demo data with a tokenizer trained on it as
+the quick start does), and ways to run pretrain.py in-process, as a script, or under deepspeed."""
 import functools
 import os
 import re
@@ -8,13 +9,33 @@ import subprocess
 import sys
 import tempfile
 
-from tests.conftest import ROOT, SHARED_DATA
+import sentencepiece as spm
 
-LLAMA_SPM = os.path.join(SHARED_DATA, "llama_tokenizer.model")
-CHINESE_SPM = os.path.join(SHARED_DATA, "cluecorpussmall_spm.model")
+from tests.conftest import HAVE_SHARED_DATA, ROOT, SHARED_DATA, need_shared_data
+
 TINY = os.path.join(ROOT, "models", "llama", "tiny_config.json")
 ZERO3 = os.path.join(ROOT, "models", "deepspeed_zero3_config.json")
 ZERO2 = os.path.join(ROOT, "models", "deepspeed_config.json")
+DEMO_CORPUS = os.path.join(ROOT, "demo", "corpus.txt")
+DEMO_INSTRUCTIONS = os.path.join(ROOT, "demo", "instructions.json")
+_SESSION_DIR = tempfile.mkdtemp(prefix="tp_training_")
+
+
+@functools.lru_cache(maxsize=None)
+def demo_tokenizer(vocab_size=1000):
+    """The quick start's tokenizer: 1000 BPE pieces on demo/corpus.txt (under a second)."""
+    from tencentpretrain.vocab.train import train_tokenizer
+    return train_tokenizer(DEMO_CORPUS, vocab_size,
+                           os.path.join(_SESSION_DIR, f"demo_spm_{vocab_size}.model"),
+                           log=lambda *a, **k: None)
+
+
+# The tokenizer the training tests use: LLaMA's with ../shared, else the demo one.
+LLAMA_SPM = (os.path.join(SHARED_DATA, "llama_tokenizer.model") if HAVE_SHARED_DATA
+             else demo_tokenizer())
+CHINESE_SPM = os.path.join(SHARED_DATA, "cluecorpussmall_spm.model")
+OTHER_SPM = CHINESE_SPM if HAVE_SHARED_DATA else demo_tokenizer(900)  # not the datasets' one
+VOCAB_SIZE = spm.SentencePieceProcessor(model_file=LLAMA_SPM).vocab_size()
 
 
 def _preprocess(corpus, spm, out, processor, seq_length, *extra):
@@ -25,25 +46,40 @@ def _preprocess(corpus, spm, out, processor, seq_length, *extra):
 
 
 @functools.lru_cache(maxsize=None)
+def _dataset(name):
+    root = os.path.join(_SESSION_DIR, "datasets")
+    if name == "chinese_lm":  # the Chinese tokenizer and corpus exist in ../shared only
+        need_shared_data()
+        corpus = os.path.join(root, "clue_head.txt")
+        os.makedirs(root, exist_ok=True)
+        with open(os.path.join(SHARED_DATA, "CLUECorpusSmall_sampled.txt"), encoding="utf-8") as f:
+            head = [next(f) for _ in range(40)]
+        with open(corpus, "w", encoding="utf-8") as f:
+            f.writelines(head)
+        return _preprocess(corpus, CHINESE_SPM, os.path.join(root, name), "lm", 64)
+    lm_corpus, instructions = ((os.path.join(SHARED_DATA, "c4_demo.jsonl"),
+                                os.path.join(SHARED_DATA, "alpaca_zh_demo.json"))
+                               if HAVE_SHARED_DATA else (DEMO_CORPUS, DEMO_INSTRUCTIONS))
+    out = os.path.join(root, name)
+    if name == "lm":
+        return _preprocess(lm_corpus, LLAMA_SPM, out, "lm", 64)
+    if name == "alpaca":
+        return _preprocess(instructions, LLAMA_SPM, out, "alpaca", 128)
+    if name == "alpaca_packed":
+        return _preprocess(instructions, LLAMA_SPM, out, "alpaca", 512, "--packing")
+    raise KeyError(name)
+
+
+class _Datasets(dict):
+    """{"lm", "alpaca", "alpaca_packed", "chinese_lm"} dataset folders, each made on first use
+    (LLaMA tokenizer unless named; "chinese_lm" skips the test without ../shared)."""
+
+    def __missing__(self, name):
+        return _dataset(name)
+
+
 def datasets():
-    """{"lm", "alpaca", "alpaca_packed", "chinese_lm"} dataset folders (LLaMA tokenizer unless
-    named)."""
-    root = tempfile.mkdtemp(prefix="tp_training_")
-    chinese_corpus = os.path.join(root, "clue_head.txt")
-    with open(os.path.join(SHARED_DATA, "CLUECorpusSmall_sampled.txt"), encoding="utf-8") as f:
-        head = [next(f) for _ in range(40)]
-    with open(chinese_corpus, "w", encoding="utf-8") as f:
-        f.writelines(head)
-    return {
-        "lm": _preprocess(os.path.join(SHARED_DATA, "c4_demo.jsonl"), LLAMA_SPM,
-                          os.path.join(root, "lm"), "lm", 64),
-        "alpaca": _preprocess(os.path.join(SHARED_DATA, "alpaca_zh_demo.json"), LLAMA_SPM,
-                              os.path.join(root, "alpaca"), "alpaca", 128),
-        "alpaca_packed": _preprocess(os.path.join(SHARED_DATA, "alpaca_zh_demo.json"), LLAMA_SPM,
-                                     os.path.join(root, "alpaca_packed"), "alpaca", 512, "--packing"),
-        "chinese_lm": _preprocess(chinese_corpus, CHINESE_SPM, os.path.join(root, "chinese_lm"),
-                                  "lm", 64),
-    }
+    return _Datasets()
 
 
 def pretrain_argv(output, dataset="lm", steps=6, save=3, batch=4, extra=()):

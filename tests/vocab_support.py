@@ -5,7 +5,7 @@ import json
 import os
 import tempfile
 
-from tests.conftest import SHARED_DATA
+from tests.conftest import SHARED_DATA, need_shared_data
 from tests.training_support import LLAMA_SPM
 
 CLUE = os.path.join(SHARED_DATA, "CLUECorpusSmall_sampled.txt")
@@ -13,6 +13,7 @@ TRAIN_LINES, HELD_OUT_LINES = 400, 40  # the domain model trains on the head, te
 
 
 def clue_lines():
+    need_shared_data()  # LLaMA's tokenizer and the Chinese corpus: ../shared only
     with open(CLUE, encoding="utf-8") as f:
         return f.read().splitlines()
 
@@ -22,6 +23,7 @@ def held_out_chinese():
 
 
 def english_texts(n=None):
+    need_shared_data()
     with open(os.path.join(SHARED_DATA, "c4_demo.jsonl"), encoding="utf-8") as f:
         return [json.loads(line)["text"] for line in f][:n]
 

@@ -6,6 +6,7 @@ import time
 from tqdm import tqdm
 
 from tencentpretrain.training.logs import LOGGER
+from tencentpretrain.utils.optional import require
 
 
 class Reporter:
@@ -20,6 +21,7 @@ class Reporter:
         self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
                         disable=None, file=sys.stderr)  # disable=None: no bar when not a tty
         if tensorboard_dir:
+            require("tensorboard", "tensorboard", "--tensorboard_dir")  # checked at start too
             from torch.utils.tensorboard import SummaryWriter
             self.writer = SummaryWriter(tensorboard_dir)
 

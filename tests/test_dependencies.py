@@ -1,0 +1,98 @@
+"""Every package the documented commands import is a runtime dependency (CI and users start
+from a fresh environment), and the two dependency lists agree."""
+import ast
+import glob
+import importlib.metadata
+import os
+import re
+import sys
+
+from tests.conftest import ROOT
+
+LOCAL = {"tencentpretrain", "inference", "tests", "scripts"}
+# used only when installed, imported under try: NVIDIA apex (PyPI's `apex` is another project)
+# and transformers (the HF export also checks AutoTokenizer's ids when it is there)
+OPTIONAL = {"apex", "transformers"}
+# imports that need a distribution other than the one that provides their top-level name
+SUBMODULE_NEEDS = {"torch.utils.tensorboard": "tensorboard"}
+
+
+def requirement_names(lines):
+    names = set()
+    for line in lines:
+        line = line.split("#", 1)[0].strip()
+        if line and not line.startswith("-"):
+            names.add(re.match(r"[A-Za-z0-9_.\-]+", line).group(0).lower().replace("_", "-"))
+    return names
+
+
+def pyproject_dependencies():
+    text = open(os.path.join(ROOT, "pyproject.toml"), encoding="utf-8").read()
+    block = re.search(r"^dependencies = \[(.*?)\]", text, re.S | re.M).group(1)
+    return requirement_names(re.findall(r'"([^"]+)"', block))
+
+
+def imports_of(path):
+    """(module, optional) for each absolute import; optional when guarded by ImportError."""
+    tree = ast.parse(open(path, encoding="utf-8").read())
+    guarded = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Try) and any(
+                isinstance(h.type, ast.Name) and h.type.id in ("ImportError", "ModuleNotFoundError", "Exception")
+                for h in node.handlers):
+            guarded.update(id(n) for stmt in node.body for n in ast.walk(stmt))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            modules = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            modules = [node.module]
+        else:
+            continue
+        for module in modules:
+            yield module, id(node) in guarded
+
+
+def test_runtime_imports_are_declared_dependencies():
+    declared = pyproject_dependencies()
+    providers = importlib.metadata.packages_distributions()
+    files = [os.path.join(ROOT, name) for name in ("preprocess.py", "pretrain.py")]
+    for folder in ("tencentpretrain", "inference", "scripts"):
+        files += glob.glob(os.path.join(ROOT, folder, "**", "*.py"), recursive=True)
+    undeclared = []
+    for path in files:
+        imports = list(imports_of(path))
+        for module, optional in imports:
+            top = module.split(".")[0]
+            if top in sys.stdlib_module_names or top in LOCAL:
+                continue
+            if top in OPTIONAL:  # the module-level import is guarded; a later one may rely on it
+                assert any(opt for mod, opt in imports if mod.split(".")[0] == top), \
+                    f"{path}: {module} is optional and must be imported under try"
+                continue
+            needs = next((dist for prefix, dist in SUBMODULE_NEEDS.items()
+                          if module == prefix or module.startswith(prefix + ".")), None)
+            dists = {needs} if needs else {d.lower().replace("_", "-")
+                                            for d in providers.get(top, [top])}
+            if not dists & declared:
+                undeclared.append(f"{os.path.relpath(path, ROOT)}: {module} ({sorted(dists)})")
+    assert not undeclared, "imports missing from pyproject.toml's dependencies: " + "; ".join(undeclared)
+
+
+def test_requirements_txt_lists_the_pyproject_dependencies():
+    with open(os.path.join(ROOT, "requirements.txt"), encoding="utf-8") as f:
+        assert requirement_names(f) == pyproject_dependencies()
+
+
+def test_tensorboard_missing_is_one_line_before_anything_starts(monkeypatch, tmp_path):
+    import importlib.util
+
+    import pytest
+
+    from tencentpretrain.utils.optional import MissingPackage, require
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "tensorboard" else real_find_spec(name, *a))
+    with pytest.raises(MissingPackage, match=r"^--tensorboard_dir needs the tensorboard package, "
+                                             r"which is not installed in this Python: pip install "
+                                             r"tensorboard$"):
+        require("tensorboard", "tensorboard", "--tensorboard_dir")
