@@ -1,3 +1,4 @@
+import collections
 import os
 import sys
 
@@ -14,10 +15,19 @@ SHARED_DATA_MISSING = (f"needs {SHARED_DATA} (real corpora and tokenizers, besid
 
 
 def need_shared_data():
-    """Skip the calling test without ../shared/data. Every such skip comes from this one line,
-    so pytest's summary (-ra) counts them all in a single `SKIPPED [N] ...` line."""
+    """Skip the calling test without ../shared/data (counted in one summary line)."""
     if not HAVE_SHARED_DATA:
         pytest.skip(SHARED_DATA_MISSING)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """One line per skip reason with its count (not pytest's line per skipped test)."""
+    reasons = collections.Counter(
+        report.longrepr[2].removeprefix("Skipped: ")
+        for report in terminalreporter.stats.get("skipped", [])
+        if isinstance(report.longrepr, tuple))
+    for reason, count in reasons.most_common():
+        terminalreporter.write_line(f"SKIPPED {count} test(s): {reason}")
 
 
 def pytest_configure(config):
