@@ -84,15 +84,21 @@ def test_requirements_txt_lists_the_pyproject_dependencies():
 
 
 def test_tensorboard_missing_is_one_line_before_anything_starts(monkeypatch, tmp_path):
+    """--tensorboard_dir without the package: one line on every rank before any work starts,
+    not a ModuleNotFoundError traceback from rank 0 in the middle of the run."""
     import importlib.util
 
     import pytest
 
-    from tencentpretrain.utils.optional import MissingPackage, require
+    from tencentpretrain.utils.optional import MissingPackage
+    from tests.training_support import pretrain_argv, run_in_process
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "tensorboard" else real_find_spec(name, *a))
+    out = tmp_path / "run"
+    out.mkdir()
     with pytest.raises(MissingPackage, match=r"^--tensorboard_dir needs the tensorboard package, "
                                              r"which is not installed in this Python: pip install "
                                              r"tensorboard$"):
-        require("tensorboard", "tensorboard", "--tensorboard_dir")
+        run_in_process(pretrain_argv(str(out / "m"), extra=["--tensorboard_dir", str(out / "tb")]))
+    assert os.listdir(out) == []  # nothing written
