@@ -11,6 +11,7 @@ import argparse
 import signal
 import sys
 
+from tencentpretrain.chat_templates import TEMPLATE_NAMES
 from tencentpretrain.data import PROCESSORS, format_summary, preprocess
 from tencentpretrain.data.format import SHARD_TOKENS
 from tencentpretrain.errors import UserError
@@ -40,11 +41,20 @@ def build_parser():
                         help="lm (alias llm_pretrain): documents packed back to back and cut into "
                              "samples of seq_length + 1 tokens. alpaca (alias llm_sft): one "
                              "instruction example per sample, prompt length stored for "
-                             "--prefix_lm_loss.")
+                             "--prefix_lm_loss. conversation: multi-turn ShareGPT / OpenAI "
+                             "messages (or alpaca) records rendered by --chat_template, with a "
+                             "per-token loss mask (assistant turns) for --prefix_lm_loss.")
     parser.add_argument("--packing", action="store_true",
                         help="alpaca: pack several whole examples into each sample (first-fit "
                              "decreasing within blocks of examples; none is split); training "
                              "then keeps every example to its own attention, positions and loss.")
+    parser.add_argument("--chat_template", default=None, choices=list(TEMPLATE_NAMES),
+                        help="conversation: how turns become text (docs/chat.md); default alpaca. "
+                             "tokenizer: the Jinja chat_template of the --tokenizer_path folder.")
+    parser.add_argument("--train_on_prompt", action="store_true",
+                        help="conversation: train on every token, not only the assistant turns.")
+    parser.add_argument("--mask_history", action="store_true",
+                        help="conversation: train only the last assistant turn.")
     parser.add_argument("--seq_length", type=int, default=512,
                         help="Tokens the model reads per sample; samples hold seq_length + 1 "
                              "tokens (inputs and shifted labels). At least 2.")
@@ -75,7 +85,8 @@ def main(argv=None):
                              processes_num=args.processes_num, seed=args.seed,
                              prompt_template=args.prompt_template, shard_tokens=args.shard_tokens,
                              progress=not args.no_progress, packing=args.packing,
-                             tokenizer_path=args.tokenizer_path)
+                             tokenizer_path=args.tokenizer_path, chat_template=args.chat_template,
+                             train_on_prompt=args.train_on_prompt, mask_history=args.mask_history)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -59,6 +59,9 @@ def collate(samples, pad_id, prefix_lm_loss=False, pad_to=None):
         labels[row, :n] = sample.tokens[1:]
         seg[row, :n] = sample.segments[:-1]
         for start, end, prompt_length in _examples(sample):
+            if prefix_lm_loss and sample.loss_mask is not None:  # conversation: trained labels
+                loss_mask[row, start:end - 1] = sample.loss_mask[start + 1:end]
+                continue
             first = start + (max(prompt_length - 1, 0) if prefix_lm_loss else 0)
             loss_mask[row, first:end - 1] = True
     batch = {name: torch.from_numpy(array) for name, array in

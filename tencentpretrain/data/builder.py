@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 from tqdm import tqdm
 
+from ..chat_templates import ChatTemplateError
 from ..prompts import PromptTemplate, TemplateError
 from ..tokenizer import TokenizerError, load_tokenizer
 from . import corpus
@@ -34,7 +35,7 @@ from .corpus import (BLOCK_BYTES, JSON_ARRAY, TEXT, LineError, corpus_kind, deco
 from .format import (FORMAT_NAME, FORMAT_VERSION, META_FILE, PACKED_FORMAT_VERSION, SHARD_TOKENS,
                      CorpusError, DatasetError, ShardWriter, token_dtype, write_meta)
 from .processors import check_options, get_processor
-from .processors.base import PROMPT_TOO_LONG
+from .processors.base import FIRST_PAIR_TOO_LONG, PROMPT_TOO_LONG
 
 
 @dataclass
@@ -113,7 +114,7 @@ def _worker_main(task, progress, conn):
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is handled by the parent
     try:
         conn.send(("ok", tokenize_range(task, report)))
-    except (DatasetError, TokenizerError, TemplateError) as e:
+    except (DatasetError, TokenizerError, TemplateError, ChatTemplateError) as e:
         conn.send((type(e).__name__, str(e)))
     except BaseException:
         conn.send(("crash", traceback.format_exc()))
@@ -121,7 +122,8 @@ def _worker_main(task, progress, conn):
         conn.close()
 
 
-_ERRORS = {cls.__name__: cls for cls in (CorpusError, DatasetError, TokenizerError, TemplateError)}
+_ERRORS = {cls.__name__: cls for cls in (CorpusError, DatasetError, TokenizerError, TemplateError,
+                                         ChatTemplateError)}
 
 
 def _progress_bar(total, enabled):
@@ -234,7 +236,8 @@ def _check_corpus(path):
 
 def preprocess(corpus_path, spm_model_path, dataset_path, data_processor="lm", seq_length=512,
                processes_num=1, seed=7, prompt_template=None, shard_tokens=SHARD_TOKENS,
-               progress=True, packing=False, tokenizer_path=None):
+               progress=True, packing=False, tokenizer_path=None, chat_template=None,
+               train_on_prompt=False, mask_history=False):
     """Tokenize `corpus_path` into the dataset directory `dataset_path`; returns a summary dict.
 
     Raises DatasetError / CorpusError / TokenizerError / TemplateError with one-line messages.
@@ -242,6 +245,7 @@ def preprocess(corpus_path, spm_model_path, dataset_path, data_processor="lm", s
     `packing` (alpaca): several whole examples per sample, see packing.py.
     The tokenizer is `spm_model_path` (SentencePiece) or `tokenizer_path` (a Hugging Face
     tokenizer.json or its folder); pass None for the other.
+    `chat_template`, `train_on_prompt`, `mask_history`: conversation only (chat_templates.py).
     """
     started = time.perf_counter()
     processor = get_processor(data_processor)
@@ -255,8 +259,9 @@ def preprocess(corpus_path, spm_model_path, dataset_path, data_processor="lm", s
     kind = corpus_kind(corpus_path)
     _check_corpus(corpus_path)
     processor.check_corpus(corpus_path, kind)
-    check_options(processor, prompt_template, packing)
-    template = processor.template(prompt_template)
+    check_options(processor, prompt_template, packing, chat_template, train_on_prompt, mask_history)
+    template = processor.template(prompt_template, chat_template=chat_template, tokenizer=tokenizer,
+                                  train_on_prompt=train_on_prompt, mask_history=mask_history)
     dtype = token_dtype(tokenizer.vocab_size)
     corpus_bytes = os.path.getsize(corpus_path)
     ranges = ([(0, corpus_bytes)] if kind == JSON_ARRAY
@@ -276,7 +281,8 @@ def preprocess(corpus_path, spm_model_path, dataset_path, data_processor="lm", s
             reasons = skip_reasons(skipped, seq_length_to_keep, "{n} {why}") or "nothing"
             raise CorpusError(f"{corpus_path}: empty corpus (no usable "
                               f"{processor.noun[:-1]}; skipped: {reasons})")
-        writer = ShardWriter(staging, dtype, processor.with_prompts, shard_tokens, packing)
+        writer = ShardWriter(staging, dtype, processor.with_prompts, shard_tokens, packing,
+                             processor.with_mask)
         shards = processor.assemble([task.prefix for task in tasks], writer, tasks[0], staging)
         shutil.rmtree(os.path.join(staging, "parts"))
         for shard in shards:
@@ -307,6 +313,9 @@ def preprocess(corpus_path, spm_model_path, dataset_path, data_processor="lm", s
         }
         if packing:
             meta["packed"] = True
+        if processor.with_mask:  # conversation: the template and loss options it was made with
+            meta["chat_template"] = meta.pop("prompt_template")
+            meta["dropped_pairs"] = sum(c["dropped_pairs"] for c in counts)
         write_meta(staging, meta)
         _install(staging, dataset_path)
 
@@ -320,7 +329,17 @@ def preprocess(corpus_path, spm_model_path, dataset_path, data_processor="lm", s
             "fill": meta["num_tokens"] / (meta["num_samples"] * (seq_length + 1)),
             "shards": len(shards), "skipped": meta["skipped"], "truncated": meta["truncated"],
             "processes": len(tasks), "seconds": seconds,
+            "skipped_at": _skipped_at(counts), "dropped_pairs": meta.get("dropped_pairs"),
             "tokens_per_s": meta["num_tokens"] / seconds, "mb_per_s": corpus_bytes / 1e6 / seconds}
+
+
+def _skipped_at(counts, shown=3):
+    """Per skip reason, the first record line numbers (conversation), in corpus order."""
+    at = {}
+    for c in counts:
+        for why, lines in c.get("skipped_at", {}).items():
+            at.setdefault(why, []).extend(lines)
+    return {why: lines[:shown] for why, lines in at.items()}
 
 
 def _notes(dataset_path, kind, processes_num):
@@ -340,7 +359,7 @@ def skip_reasons(skipped, seq_length_to_keep, form="{n:,} {why}"):
     reasons = []
     for why, n in sorted(skipped.items()):
         reason = form.format(n=n, why=why)
-        if why == PROMPT_TOO_LONG and seq_length_to_keep:
+        if why in (PROMPT_TOO_LONG, FIRST_PAIR_TOO_LONG) and seq_length_to_keep:
             reason += f" (--seq_length {seq_length_to_keep} or more would keep them)"
         reasons.append(reason)
     return ", ".join(reasons)
@@ -358,6 +377,12 @@ def format_summary(summary):
         f"tokens     {summary['tokens']:,}",
         f"skipped    {skipped}",
     ]
+    for why, at in (summary.get("skipped_at") or {}).items():
+        lines.append(f"  {why}: line(s) {', '.join(map(str, at))}"
+                     f"{' ...' if summary['skipped'].get(why, 0) > len(at) else ''}")
+    if summary.get("dropped_pairs") is not None:
+        lines.append(f"truncated  {summary['truncated']:,} conversations kept their first pairs "
+                     f"({summary['dropped_pairs']:,} later pairs dropped to fit seq_length)")
     if summary["with_prompts"]:
         lines.append(f"truncated  {summary['truncated']:,} answers cut to fit seq_length")
         how = "packed" if summary["packed"] else "one example per sample"

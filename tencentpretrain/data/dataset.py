@@ -9,8 +9,8 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-from .format import (BIN, DOC, FORMAT_NAME, IDX, META_FILE, OFFSET_DTYPE, PACKED_FORMAT_VERSION,
-                     PROMPT, PROMPT_DTYPE, READABLE_VERSIONS, DatasetError, numpy_dtype)
+from .format import (BIN, DOC, FORMAT_NAME, IDX, MASK, MASK_DTYPE, META_FILE, OFFSET_DTYPE,
+                     PACKED_FORMAT_VERSION, PROMPT, PROMPT_DTYPE, READABLE_VERSIONS, DatasetError, numpy_dtype)
 from ..utils.files import read_json
 
 REQUIRED_META = ("format_version", "data_processor", "seq_length", "vocab_size", "dtype",
@@ -23,6 +23,7 @@ class Sample(NamedTuple):
     prompt_length: int  # tokens of the prompt, bos included (0 for lm; packed: first example's)
     segments: np.ndarray  # int32 per token: 1-based document / example number within the sample
     example_prompts: Optional[np.ndarray] = None  # packed: prompt length of each example (segment)
+    loss_mask: Optional[np.ndarray] = None  # conversation: bool per token, trained as a label
 
 
 def _load_meta(path):
@@ -40,14 +41,14 @@ def _load_meta(path):
     missing = [key for key in REQUIRED_META if key not in meta]
     if missing:
         raise DatasetError(f"{meta_path}: missing {', '.join(missing)}")
-    if meta["data_processor"] not in ("lm", "alpaca") or meta["dtype"] not in ("uint16", "uint32"):
+    if meta["data_processor"] not in ("lm", "alpaca", "conversation") or meta["dtype"] not in ("uint16", "uint32"):
         raise DatasetError(f"{meta_path}: unknown data_processor/dtype "
                            f"{meta['data_processor']!r}/{meta['dtype']!r}")
     packed = meta.get("packed", False)
-    if packed != (meta["format_version"] == PACKED_FORMAT_VERSION) or (packed and meta["data_processor"] != "alpaca"):
+    if packed != (meta["format_version"] == PACKED_FORMAT_VERSION) or (packed and meta["data_processor"] == "lm"):
         raise DatasetError(f"{meta_path}: format_version {meta['format_version']}, data_processor "
                            f"{meta['data_processor']!r} and packed {packed} do not go together "
-                           f"(packed = alpaca of version {PACKED_FORMAT_VERSION})")
+                           f"(packed = alpaca/conversation of version {PACKED_FORMAT_VERSION})")
     return meta
 
 
@@ -82,7 +83,9 @@ class _Shard:
         self.offsets = _open_npy(base + IDX, OFFSET_DTYPE, num_samples + 1)
         if self.offsets[0] != 0 or self.offsets[-1] != num_tokens:
             raise DatasetError(f"{base + IDX}: offsets do not span {base + BIN}")
-        self.prompts = self.doc_starts = None
+        self.prompts = self.doc_starts = self.mask = None
+        if processor == "conversation":
+            self.mask = _open_npy(base + MASK, MASK_DTYPE, num_tokens)
         if processor == "alpaca":  # one prompt length per example (= per sample unless packed)
             self.prompts = _open_npy(base + PROMPT, PROMPT_DTYPE,
                                      entry.get("num_doc_starts") if packed else num_samples)
@@ -91,16 +94,29 @@ class _Shard:
         self.packed = packed
 
     def sample(self, i):
+        sample = self._sample(i)
+        if self.mask is None:
+            return sample
+        start, end = int(self.offsets[i]), int(self.offsets[i + 1])
+        prompts = sample.example_prompts
+        if self.packed:  # conversations: no prompt lengths, one entry per example (segment)
+            prompts = np.zeros(int(sample.segments[-1]), np.int64)
+        return sample._replace(example_prompts=prompts, loss_mask=np.array(self.mask[start:end], bool))
+
+    def _sample(self, i):
         start, end = int(self.offsets[i]), int(self.offsets[i + 1])
         tokens = np.array(self.tokens[start:end], dtype=np.int64)
         if self.doc_starts is None:
-            return Sample(tokens, int(self.prompts[i]), np.ones(end - start, np.int32))
+            prompt = int(self.prompts[i]) if self.prompts is not None else 0
+            return Sample(tokens, prompt, np.ones(end - start, np.int32))
         # each document starting strictly inside the sample opens the next segment
         first, stop = np.searchsorted(self.doc_starts, [start, end - 1], side="right")
         opens = np.zeros(end - start, np.int32)
         opens[self.doc_starts[first:stop] - start] = 1
         segments = 1 + np.cumsum(opens, dtype=np.int32)
         if not self.packed:
+            return Sample(tokens, 0, segments)
+        if self.prompts is None:
             return Sample(tokens, 0, segments)
         # a packed sample starts with an example: its prompts are those of examples first-1..
         prompts = np.array(self.prompts[first - 1:stop], np.int64)
@@ -118,7 +134,8 @@ class TokenDataset:
         self.vocab_size = meta["vocab_size"]
         self.bos_id, self.eos_id, self.pad_id = meta["bos_id"], meta["eos_id"], meta["pad_id"]
         self.tokenizer_sha256 = meta["tokenizer_sha256"]
-        self.has_prompt_lengths = self.data_processor == "alpaca"
+        # what --prefix_lm_loss needs: prompt lengths (alpaca) or a loss mask (conversation)
+        self.has_prompt_lengths = self.data_processor in ("alpaca", "conversation")
         self.packed = meta.get("packed", False)  # several isolated examples per sample
         self.num_tokens = meta["num_tokens"]
         dtype = numpy_dtype(meta["dtype"])

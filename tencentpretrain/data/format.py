@@ -20,6 +20,8 @@ META_FILE = "meta.json"
 SHARD_TOKENS = 1 << 28  # a new shard starts once this many tokens would be exceeded
 
 BIN, IDX, PROMPT, DOC = ".bin", ".idx.npy", ".prompt.npy", ".doc.npy"
+MASK = ".mask.npy"  # conversation: per token, 1 where the token is trained as a label
+MASK_DTYPE = np.dtype("u1")
 OFFSET_DTYPE = np.dtype("<i8")
 PROMPT_DTYPE = np.dtype("<i4")
 
@@ -72,8 +74,10 @@ class ShardWriter:
     example starts go to ``.doc.npy``.
     """
 
-    def __init__(self, directory, dtype, with_prompts, shard_tokens=SHARD_TOKENS, packed=False):
+    def __init__(self, directory, dtype, with_prompts, shard_tokens=SHARD_TOKENS, packed=False,
+                 with_mask=False):
         self.directory = directory
+        self.with_mask = with_mask
         self.dtype = numpy_dtype(dtype)
         self.with_prompts = with_prompts
         self.packed = packed
@@ -92,6 +96,8 @@ class ShardWriter:
         self._files[IDX].write(np.zeros(1, OFFSET_DTYPE).tobytes())
         if self.with_prompts:
             self._files[PROMPT] = open(self._path(PROMPT + ".raw"), "wb")
+        if self.with_mask:
+            self._files[MASK] = open(self._path(MASK + ".raw"), "wb")
         if self.packed:
             self._files[DOC] = open(self._path(DOC + ".raw"), "wb")
             self.shards[-1]["num_doc_starts"] = 0
@@ -103,14 +109,16 @@ class ShardWriter:
         raw_to_npy(self._path(IDX + ".raw"), self._path(IDX), OFFSET_DTYPE)
         if self.with_prompts:
             raw_to_npy(self._path(PROMPT + ".raw"), self._path(PROMPT), PROMPT_DTYPE)
+        if self.with_mask:
+            raw_to_npy(self._path(MASK + ".raw"), self._path(MASK), MASK_DTYPE)
         if self.packed:
             raw_to_npy(self._path(DOC + ".raw"), self._path(DOC), OFFSET_DTYPE)
 
-    def add(self, tokens, lengths, prompt_lengths=None, example_lengths=None):
+    def add(self, tokens, lengths, prompt_lengths=None, example_lengths=None, mask=None):
         """Append samples: `tokens` holds them back to back, `lengths[i]` is sample i's size.
 
         Packed: `example_lengths` are the sizes of the examples back to back (sample ends are
-        example ends) and `prompt_lengths` is per example."""
+        example ends) and `prompt_lengths` is per example. `mask`: one byte per token."""
         ends = np.cumsum(lengths, dtype=np.int64)
         example_ends = np.cumsum(example_lengths, dtype=np.int64) if self.packed else None
         i = 0
@@ -127,13 +135,16 @@ class ShardWriter:
                     continue
                 j = i + 1
             self._files[BIN].write(np.ascontiguousarray(tokens[base:ends[j - 1]], self.dtype).tobytes())
+            if self.with_mask:
+                self._files[MASK].write(np.ascontiguousarray(mask[base:ends[j - 1]], MASK_DTYPE).tobytes())
             offsets = shard["num_tokens"] + (ends[i:j] - base)
             self._files[IDX].write(offsets.astype(OFFSET_DTYPE).tobytes())
             if self.packed:
                 a, b = np.searchsorted(example_ends, [base, ends[j - 1]], side="right")
                 starts = shard["num_tokens"] + (example_ends[a:b] - example_lengths[a:b] - base)
                 self._files[DOC].write(starts.astype(OFFSET_DTYPE).tobytes())
-                self._files[PROMPT].write(np.asarray(prompt_lengths[a:b], PROMPT_DTYPE).tobytes())
+                if self.with_prompts:
+                    self._files[PROMPT].write(np.asarray(prompt_lengths[a:b], PROMPT_DTYPE).tobytes())
                 shard["num_doc_starts"] += int(b - a)
             elif self.with_prompts:
                 self._files[PROMPT].write(np.asarray(prompt_lengths[i:j], PROMPT_DTYPE).tobytes())

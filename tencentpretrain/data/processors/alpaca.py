@@ -33,7 +33,7 @@ class AlpacaProcessor(Processor):
         self.prompts, self.answers = [], []
 
     @classmethod
-    def template(cls, prompt_template):
+    def template(cls, prompt_template, **chat_options):
         return load_template(prompt_template) if prompt_template else ALPACA_TEMPLATE
 
     def add_record(self, lineno, record):

@@ -20,6 +20,7 @@ from ..format import CorpusError, numpy_dtype
 COPY_ITEMS = 1 << 22  # tokens / offsets per step when the main process assembles shards
 BATCH_CHARS = 1 << 20  # text per tokenizer call: bounds the Python id lists (tens of MB)
 PROMPT_TOO_LONG = "prompt too long for seq_length"  # a skip reason; see seq_length_to_keep
+FIRST_PAIR_TOO_LONG = "first turn pair too long for seq_length"  # conversations: the same
 JSON_TYPES = {dict: "an object", list: "an array", int: "a number", float: "a number",
               bool: "a boolean", type(None): "null"}
 
@@ -42,6 +43,7 @@ class Processor:
     extensions = ()  # part files a worker writes: prefix + extension
     reads_text = True  # accepts a .txt corpus
     with_prompts = False  # stores prompt lengths (for --prefix_lm_loss)
+    with_mask = False  # stores a per-token loss mask (for --prefix_lm_loss)
     can_pack = False  # accepts --packing
 
     def __init__(self, task, tokenizer):
@@ -59,8 +61,9 @@ class Processor:
                               f"(.json) or JSON lines (.jsonl) file")
 
     @classmethod
-    def template(cls, prompt_template):
-        """The prompt template workers use (None for processors without prompts)."""
+    def template(cls, prompt_template, **chat_options):
+        """The prompt template workers use (None for processors without prompts); the chat
+        options (chat_template, tokenizer, train_on_prompt, mask_history) are conversation's."""
         return None
 
     @classmethod
