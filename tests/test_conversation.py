@@ -233,3 +233,61 @@ def test_packed_conversations_mask_like_one_by_one(folders, tmp_path):
             assert batch["position_ids"][0, where[0]].item() == 0
             count += 1
     assert count == len(plain)
+
+
+DEMO_CONVERSATIONS = os.path.join(os.path.dirname(DEMO_CORPUS), "conversations.jsonl")
+
+
+@pytest.fixture(scope="module")
+def demo_packed(tmp_path_factory):
+    """The project's multi-turn demo file, packed, with the demo tokenizer and llama2's template."""
+    out = str(tmp_path_factory.mktemp("demo_chat") / "packed")
+    preprocess(DEMO_CONVERSATIONS, demo_tokenizer(), out, data_processor="conversation",
+               chat_template="llama2", seq_length=256, packing=True, progress=False)
+    return out
+
+
+def loss_and_grads(model, batches):
+    model.zero_grad()
+    total, count = 0.0, 0
+    for batch in batches:
+        loss_sum, counted = model(**batch)
+        loss_sum.backward()
+        total, count = total + loss_sum.detach().double(), count + int(counted)
+    return total, count, {name: p.grad.clone() for name, p in model.named_parameters()}
+
+
+def test_packed_loss_and_grads_equal_one_by_one(demo_packed):
+    """Summed loss and gradients of packed conversations (assistant spans only) == each alone."""
+    import tencentpretrain
+    from tencentpretrain.data import Sample
+    from tests.conftest import ROOT
+    torch.manual_seed(0)
+    model = tencentpretrain.build_model(os.path.join(ROOT, "models", "llama", "tiny_gqa_config.json"), 1000).float()
+    ds = TokenDataset(demo_packed)
+    sample = max((ds[i] for i in range(len(ds))), key=lambda s: s.segments.max())
+    assert sample.segments.max() >= 2
+    alone = [Sample(sample.tokens[sample.segments == k], 0, np.ones(int((sample.segments == k).sum()), np.int32),
+                    None, sample.loss_mask[sample.segments == k])
+             for k in range(1, int(sample.segments.max()) + 1)]
+    packed = loss_and_grads(model, [collate([sample], ds.pad_id, True)])
+    single = loss_and_grads(model, [collate([s], ds.pad_id, True) for s in alone])
+    assert packed[1] == single[1] == sum(int(s.loss_mask[1:].sum()) for s in alone)
+    assert float(packed[0]) == pytest.approx(float(single[0]), rel=1e-5)
+    for name, grad in packed[2].items():
+        assert (grad - single[2][name]).abs().max() <= 1e-5 * single[2][name].abs().max(), name
+
+
+def test_training_on_conversations_lowers_loss(demo_packed, tmp_path):
+    """pretrain.py --data_processor conversation --prefix_lm_loss on packed demo conversations."""
+    from tests.training_support import TINY, logged_losses, run_script
+    argv = ["--dataset_path", demo_packed, "--spm_model_path", demo_tokenizer(), "--config_path", TINY,
+            "--output_model_path", str(tmp_path / "model"), "--total_steps", "30",
+            "--save_checkpoint_steps", "30", "--report_steps", "1", "--batch_size", "4",
+            "--learning_rate", "3e-3", "--warmup", "0", "--data_processor", "conversation",
+            "--prefix_lm_loss"]
+    result = run_script(argv)
+    assert result.returncode == 0, result.stderr[-2000:]
+    losses = logged_losses(result.stdout + result.stderr)
+    assert len(losses) >= 20
+    assert np.mean([losses[s] for s in range(26, 31)]) < 0.7 * np.mean([losses[s] for s in range(1, 6)])
