@@ -105,7 +105,7 @@ def test_cli_packing(shared_data, llama_spm, tmp_path):
     result = cli("--corpus_path", os.path.join(shared_data, "c4_demo.jsonl"), "--dataset_path",
                  str(tmp_path / "l"), "--packing")
     assert result.returncode == 2
-    assert result.stderr == "error: --packing applies to --data_processor alpaca only\n"
+    assert result.stderr == "error: --packing applies to --data_processor alpaca / conversation only\n"
 
 
 def test_document_mask_and_positions():
