@@ -11,7 +11,9 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from inference import add_model_options, run  # noqa: E402
-from inference.text_io import generate_file, interactive  # noqa: E402
+from inference.text_io import chat, generate_file, interactive  # noqa: E402
+from tencentpretrain.chat import ChatSession, load_chat_template  # noqa: E402
+from tencentpretrain.chat_templates import TEMPLATE_NAMES  # noqa: E402
 from tencentpretrain.generation import GenerationError, SamplingOptions, TextGenerator  # noqa: E402
 from tencentpretrain.model_builder import load_model_and_tokenizer  # noqa: E402
 from tencentpretrain.prompts import ALPACA_TEMPLATE, load_template  # noqa: E402
@@ -35,6 +37,15 @@ def parse_args(argv=None):
                          "preprocess.py --data_processor alpaca uses) or a template JSON file. "
                          "For instruction records of a .jsonl --test_path, the template they are "
                          "rendered through (default alpaca).")
+    io.add_argument("--chat_template", default=None,
+                    help="Render each prompt as a one-user-turn conversation of this chat "
+                         "template (alpaca, chatml, llama3, llama2, mistral, or tokenizer: the "
+                         "Jinja of the --tokenizer_path folder), as preprocess.py --data_processor "
+                         "conversation renders training data, and stop at its end-of-turn token "
+                         "as well as eos. With --interactive: a multi-turn chat keeping the "
+                         "history within --seq_length (oldest pairs dropped first).")
+    io.add_argument("--system_prompt", default=None,
+                    help="System prompt of every --chat_template conversation.")
     length = parser.add_argument_group("length")
     length.add_argument("--seq_length", type=int, default=None,
                         help="Limit on prompt + continuation tokens (default: the config's "
@@ -53,6 +64,13 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if not args.interactive and not (args.test_path and args.prediction_path):
         parser.error("--test_path and --prediction_path are required unless --interactive")
+    if args.chat_template and args.chat_template not in TEMPLATE_NAMES:
+        parser.error(f"--chat_template {args.chat_template}: unknown (choose from "
+                     f"{', '.join(TEMPLATE_NAMES)})")
+    if args.chat_template and args.prompt_template:
+        parser.error("--chat_template and --prompt_template: give one")
+    if args.system_prompt is not None and not args.chat_template:
+        parser.error("--system_prompt needs --chat_template")
     for name in ("seq_length", "max_new_tokens", "batch_size"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name} must be a positive integer")
@@ -78,7 +96,13 @@ def main(argv=None):
                                                 args.lora_model_path, args.tokenizer_path)
     generator = TextGenerator(model, tokenizer, args.seq_length, args.max_new_tokens, options,
                               template, args.seed)
-    if args.interactive:
+    session = None
+    if args.chat_template:
+        session = ChatSession(generator, load_chat_template(args.chat_template, tokenizer),
+                              args.system_prompt)
+    if args.interactive and session is not None:
+        chat(session, sys.stdin, sys.stdout)
+    elif args.interactive:
         interactive(generator, sys.stdin, sys.stdout)
     else:
         count = generate_file(generator, args.test_path, args.prediction_path, args.batch_size)

@@ -106,6 +106,17 @@ def record_prompt(record, where, template=None):
     return build_prompt(instruction, input_text, template or ALPACA_TEMPLATE), True
 
 
+def record_turn(record, where):
+    """The user turn of a prompt record under --chat_template: ``{"prompt"}`` as it is, an
+    instruction record as the conversation processor takes it (instruction + input)."""
+    from tencentpretrain.chat_templates import AlpacaTurn
+    text, _ = record_prompt(record, where)  # its checks
+    if "prompt" in record:
+        return text
+    return AlpacaTurn(text_field(record, "instruction", 0),
+                      text_field(record, "input", 0, optional=True))
+
+
 def encode_prompts(generator, test_path):
     """Prompt ids for every prompt of ``test_path``, checked before any is generated from:
     a .jsonl / .json file holds prompt records (``record_prompt``), any other file one prompt
@@ -113,6 +124,9 @@ def encode_prompts(generator, test_path):
     if corpus_kind(test_path) not in (JSONL, JSON_ARRAY):
         return [generator.encode(line, f"--test_path {test_path}:{i}")
                 for i, line in enumerate(read_prompts(test_path), 1)]
+    if generator.chat is not None:  # --chat_template: each record is one user turn
+        return [generator.encode(record_turn(record, where), where)
+                for where, record in read_records(test_path)]
     rendered_encoder = copy.copy(generator)
     rendered_encoder.template = None  # rendered records are taken as they are
     prompts = []
@@ -151,4 +165,27 @@ def interactive(generator, stdin, stdout, prompt_marker="> "):
             stdout.write(f"error: {e}\n")
             continue
         generator.complete([prompt], on_token=printer)
+        printer.finish()
+
+
+def chat(session, stdin, stdout, prompt_marker="> "):
+    """Multi-turn chat (``session``: a chat.ChatSession): read a user turn per line until EOF,
+    stream each answer; ``/reset`` starts a new conversation (the system prompt stays)."""
+    printer = StreamPrinter(session.tokenizer, stdout)
+    while True:
+        stdout.write(prompt_marker)
+        stdout.flush()
+        line = stdin.readline()
+        if not line:
+            stdout.write("\n")
+            return
+        user = line.rstrip("\r\n")
+        if user.strip() == "/reset":
+            session.reset()
+            continue
+        try:
+            session.reply(user, on_token=printer)
+        except GenerationError as e:
+            stdout.write(f"error: {e}\n")
+            continue
         printer.finish()

@@ -54,6 +54,7 @@ class ChatTemplate:
     split_parts: bool = False  # tokenize each part on its own (alpaca: as the alpaca processor)
     jinja: Optional[str] = None  # the same template in Jinja (HF export, tests)
     system: bool = True  # takes a system prompt
+    multi_turn: bool = True  # renders more than one user/assistant pair (alpaca: one)
 
     def to_dict(self):
         return {"chat_template": self.name, "jinja": self.jinja, "stop": list(self.stop)}
@@ -180,7 +181,8 @@ ALPACA_JINJA = (
 
 
 TEMPLATES = {
-    "alpaca": ChatTemplate("alpaca", _alpaca, split_parts=True, jinja=ALPACA_JINJA, system=False),
+    "alpaca": ChatTemplate("alpaca", _alpaca, split_parts=True, jinja=ALPACA_JINJA, system=False,
+                           multi_turn=False),
     "chatml": ChatTemplate("chatml", _chatml, ("<|im_start|>", "<|im_end|>"), ("<|im_end|>",),
                            jinja=CHATML_JINJA),
     "llama3": ChatTemplate("llama3", _llama3, ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
@@ -240,6 +242,7 @@ class JinjaTemplate:
     specials: Tuple[str, ...] = ()
     system: bool = True
     marked: bool = True  # has {% generation %} blocks; else assistant contents are trained
+    multi_turn: bool = True
 
     def render(self, system, pairs, bos, eos, generation_prompt):
         messages = ([{"role": "system", "content": system}] if system is not None else [])

@@ -89,20 +89,31 @@ def left_pad(prompts, pad_id, device):
     return ids.to(device), key_mask.to(device)
 
 
+def stop_set(eos_id):
+    """The stop ids of ``eos_id``: None, one id, or a list of ids (as ``eos_token_id`` of a
+    generation_config.json: eos and a chat template's end-of-turn token)."""
+    if eos_id is None:
+        return frozenset()
+    if isinstance(eos_id, int):
+        return frozenset([eos_id])
+    return frozenset(int(i) for i in eos_id if i is not None)
+
+
 @torch.no_grad()
 def generate(model, prompts, max_new_tokens, max_length=None, eos_id=None, pad_id=0,
              options=None, generator=None, on_token=None, use_cache=True, vocab_size=None):
-    """New token ids for each prompt (a list of id lists), EOS not included.
+    """New token ids for each prompt (a list of id lists), the stop token not included.
 
     Only ids below ``vocab_size`` (the tokenizer's; default the model's) are produced: rows
     beyond it are padding (scripts/extend_vocab.py --pad_to_multiple_of).
 
-    A row stops at ``eos_id``, after ``max_new_tokens`` tokens, or when prompt plus
-    continuation reach ``max_length``. ``on_token(row, token_id)`` is called for every
+    A row stops at ``eos_id`` (one id, or a list of stop ids), after ``max_new_tokens``
+    tokens, or when prompt plus continuation reach ``max_length``. ``on_token(row, token_id)`` is called for every
     kept token as it is produced (streaming). ``use_cache=False`` recomputes the whole
     sequence at every step, as TencentPretrain does (for benchmarks and tests).
     """
     options = (options or SamplingOptions()).check()
+    stops = stop_set(eos_id)
     if not prompts or any(len(p) == 0 for p in prompts):
         raise GenerationError("every prompt needs at least one token (e.g. BOS)")
     limits = [max_new_tokens if max_length is None else min(max_new_tokens, max_length - len(p))
@@ -121,6 +132,7 @@ def generate(model, prompts, max_new_tokens, max_length=None, eos_id=None, pad_i
 
     active = torch.tensor(rows, device=device)  # original prompt index of each batch row
     steps_left = torch.tensor([limits[row] for row in rows], device=device)
+    stop_ids = torch.tensor(sorted(stops), dtype=torch.long, device=device)
     cache = None
     if use_cache:
         c = model.config
@@ -137,10 +149,10 @@ def generate(model, prompts, max_new_tokens, max_length=None, eos_id=None, pad_i
         token = next_tokens(logits[:, -1, :vocab_size], seen, options, generator)
         steps_left -= 1
         finished = steps_left == 0
-        if eos_id is not None:
-            finished |= token == eos_id
+        if stops:
+            finished |= torch.isin(token, stop_ids)
         for row, tok in zip(active.tolist(), token.tolist()):
-            if tok != eos_id:
+            if tok not in stops:
                 outputs[row].append(tok)
                 if on_token is not None:
                     on_token(row, tok)
@@ -163,8 +175,11 @@ class TextGenerator:
     """Text in, text out: template, BOS, length checks, decoding of the new tokens only."""
 
     def __init__(self, model, tokenizer, seq_length=None, max_new_tokens=None, options=None,
-                 template=None, seed=None):
+                 template=None, seed=None, stop_ids=None):
         self.model, self.tokenizer, self.template = model, tokenizer, template
+        # ids ending an answer: eos, and a chat template's end-of-turn token (chat.py)
+        self.stop_ids = list(stop_ids) if stop_ids else [tokenizer.eos_id]
+        self.chat = None  # a chat.ChatSession: prompts are rendered as one user turn
         self.seq_length = seq_length or model.config.max_seq_length
         self.max_new_tokens = max_new_tokens or self.seq_length
         self.options = (options or SamplingOptions()).check()
@@ -175,10 +190,15 @@ class TextGenerator:
 
     def encode(self, text, where="prompt"):
         """BOS (where the tokenizer adds one) + the (templated) text, as the alpaca data
-        processor tokenizes prompts."""
+        processor tokenizes prompts; with a chat session, the text as one user turn after its
+        system prompt, with the generation prompt (as the conversation processor renders it)."""
+        if self.chat is not None:
+            return self.check_length(self.chat.render(text), where)
         if self.template is not None:
             text = build_prompt(text, template=self.template)
-        ids = self.tokenizer.bos_ids + self.tokenizer.encode(text)
+        return self.check_length(self.tokenizer.bos_ids + self.tokenizer.encode(text), where)
+
+    def check_length(self, ids, where="prompt"):
         if not ids:
             raise GenerationError(f"{where}: empty, and the tokenizer adds no bos: there is "
                                   f"nothing to continue from")
@@ -188,9 +208,12 @@ class TextGenerator:
                                   f"--seq_length {len(ids) + 1} or more)")
         return ids
 
+    def complete_ids(self, prompt_ids, on_token=None):
+        """New ids for each prompt, up to a stop id (not included) or the length limits."""
+        return generate(self.model, prompt_ids, self.max_new_tokens, self.seq_length,
+                        eos_id=self.stop_ids, pad_id=self.tokenizer.pad_id,
+                        options=self.options, generator=self.generator, on_token=on_token,
+                        vocab_size=self.tokenizer.vocab_size)
+
     def complete(self, prompt_ids, on_token=None):
-        new_ids = generate(self.model, prompt_ids, self.max_new_tokens, self.seq_length,
-                           eos_id=self.tokenizer.eos_id, pad_id=self.tokenizer.pad_id,
-                           options=self.options, generator=self.generator, on_token=on_token,
-                           vocab_size=self.tokenizer.vocab_size)
-        return [self.tokenizer.decode(ids) for ids in new_ids]
+        return [self.tokenizer.decode(ids) for ids in self.complete_ids(prompt_ids, on_token)]

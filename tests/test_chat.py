@@ -1,0 +1,160 @@
+"""Chat with a chat template (tencentpretrain/chat.py, generate_lm.py --chat_template,
+--interactive): each turn's prompt is the whole conversation rendered as in training, the
+history drops the oldest pairs (never the system prompt), answers stop at the end-of-turn
+token as well as eos. Tokenizers: byte-level BPE with ChatML's special tokens, trained here."""
+import io
+import os
+import sys
+
+import pytest
+import torch
+
+import tencentpretrain
+from tencentpretrain.chat import ChatSession, load_chat_template, stop_ids
+from tencentpretrain.chat_templates import TEMPLATES, encode_conversation
+from tencentpretrain.generation import GenerationError, SamplingOptions, TextGenerator, generate
+from tencentpretrain.tokenizer import load_tokenizer
+from tests.conftest import ROOT, tiny_checkpoint
+from tests.test_hf_tokenizer import QWEN_SPLIT, train_byte_level_bpe, write_folder
+from tests.training_support import DEMO_CORPUS
+
+TINY = os.path.join(ROOT, "models", "llama", "tiny_config.json")
+GREEDY = SamplingOptions(top_k=1)
+SYSTEM = "You are a terse assistant."
+CHATML_CONFIG = {"bos_token": None, "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
+                 "tokenizer_class": "PreTrainedTokenizerFast"}
+
+
+def chatml_folder(folder, lines=None, vocab_size=700):
+    """A Qwen-like tokenizer folder (no bos, eos <|endoftext|>, ChatML's special tokens)."""
+    if lines is None:
+        with open(DEMO_CORPUS, encoding="utf-8") as f:
+            lines = f.readlines()
+    tok = train_byte_level_bpe(lines, ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], QWEN_SPLIT,
+                               nfc=True, vocab_size=vocab_size)
+    return write_folder(str(folder), tok, tokenizer_config=CHATML_CONFIG)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return chatml_folder(tmp_path_factory.mktemp("chat") / "qwen")
+
+
+@pytest.fixture(scope="module")
+def tokenizer(folder):
+    return load_tokenizer(None, folder)
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer):
+    torch.manual_seed(0)
+    return tencentpretrain.build_model(TINY, tokenizer.vocab_size).eval()
+
+
+def session(model, tokenizer, seq_length=256, max_new_tokens=6, system=SYSTEM, name="chatml"):
+    generator = TextGenerator(model, tokenizer, seq_length, max_new_tokens, GREEDY)
+    return ChatSession(generator, load_chat_template(name, tokenizer), system)
+
+
+def test_each_turn_is_the_whole_conversation_rendered(model, tokenizer):
+    """Turn k's prompt == the conversation so far + the new user turn, rendered as the
+    conversation processor renders it (with the generation prompt), and it starts with the
+    training ids of the conversation so far."""
+    chat = session(model, tokenizer)
+    template = TEMPLATES["chatml"]
+    users = ["What is two plus two?", "And three plus three?", "Thanks!"]
+    for k, user in enumerate(users):
+        history = list(chat.history)
+        prompt = chat.prompt_ids(user)
+        assert prompt == encode_conversation(template, tokenizer, SYSTEM,
+                                             history + [(user, None)], True).ids
+        if history:
+            trained = encode_conversation(template, tokenizer, SYSTEM, history).ids
+            assert prompt[:len(trained)] == trained
+        answer = chat.reply(user)
+        assert chat.history[-1] == (user, answer) and len(chat.history) == k + 1
+        assert chat.last_ids == generate(model, [prompt], 6, 256, eos_id=chat.generator.stop_ids,
+                                         options=GREEDY)[0]
+
+
+def test_history_truncation_keeps_the_system_prompt(model, tokenizer):
+    template = TEMPLATES["chatml"]
+    pairs = [(f"Question number {i}: what is {i} plus {i}?", f"It is {2 * i}.") for i in range(8)]
+    whole = encode_conversation(template, tokenizer, SYSTEM, pairs + [("Last one?", None)], True).ids
+    seq_length = len(whole) // 2
+    chat = session(model, tokenizer, seq_length=seq_length, max_new_tokens=4)
+    chat.history = list(pairs)
+    prompt = chat.prompt_ids("Last one?")
+    kept = len(chat.history)
+    assert 0 < kept < len(pairs) and chat.dropped == len(pairs) - kept
+    assert chat.history == pairs[-kept:]  # the oldest pairs went first
+    assert prompt == encode_conversation(template, tokenizer, SYSTEM, pairs[-kept:] + [("Last one?", None)],
+                                         True).ids
+    assert len(prompt) + chat.reserve <= seq_length
+    longer = encode_conversation(template, tokenizer, SYSTEM, pairs[-kept - 1:] + [("Last one?", None)], True).ids
+    assert len(longer) + chat.reserve > seq_length  # no more dropped than needed
+    system_ids = encode_conversation(template, tokenizer, SYSTEM, []).ids
+    assert prompt[:len(system_ids)] == system_ids
+    assert tokenizer.decode(prompt).startswith("system\n" + SYSTEM)
+    # a turn that does not fit even alone: one line, and the system prompt is not dropped
+    with pytest.raises(GenerationError, match="no room for new tokens"):
+        chat.prompt_ids("word " * seq_length)
+
+
+def test_stops_at_the_end_of_turn_token(tokenizer):
+    """The session stops at <|im_end|> (and at eos): the model below is made to say
+    <|im_end|> where it would say a token of its free run; the answer ends right before."""
+    im_end = tokenizer.hf.token_to_id("<|im_end|>")
+    assert stop_ids(TEMPLATES["chatml"], tokenizer) == [tokenizer.eos_id, im_end]
+    torch.manual_seed(1)
+    model = tencentpretrain.build_model(TINY, tokenizer.vocab_size).eval()
+    chat = session(model, tokenizer, max_new_tokens=12)
+    prompt = chat.prompt_ids("Hello there")
+    free = generate(model, [prompt], 12, options=GREEDY)[0]
+    target = free[4]
+    with torch.no_grad():  # <|im_end|> outscores `target` wherever target would win
+        out = model.target.lm.output_layer.weight
+        out[im_end] = out[target] * 3
+    run = generate(model, [prompt], 12, options=GREEDY)[0]
+    assert im_end in run and run.index(im_end) <= 4
+    answer = chat.reply("Hello there")
+    assert chat.last_ids == run[:run.index(im_end)]
+    assert answer == tokenizer.decode(run[:run.index(im_end)])
+    # a list of stop ids in generate(): the first one met ends the row
+    assert generate(model, [prompt], 12, eos_id=[run[1], im_end], options=GREEDY)[0] == run[:1]
+
+
+def test_cli_chat_template_and_interactive_chat(tmp_path, folder, tokenizer, capsys, monkeypatch):
+    """generate_lm.py --chat_template chatml --system_prompt: a file's prompts are one-turn
+    conversations; --interactive chats over turns, answering as a ChatSession does."""
+    from inference import run
+    from inference.generate_lm import main
+    from inference.text_io import unescape_line
+    path = tmp_path / "tiny.bin"
+    config = tiny_checkpoint(path, vocab_size=tokenizer.vocab_size)
+    model = tencentpretrain.load_model(config, str(path)).eval()
+    users = ["What is two plus two?", "And three plus three?"]
+    (tmp_path / "p.txt").write_text(users[0] + "\n")
+    common = ["--load_model_path", str(path), "--config_path", config, "--tokenizer_path", folder,
+              "--greedy", "--max_new_tokens", "5", "--seq_length", "128",
+              "--chat_template", "chatml", "--system_prompt", SYSTEM]
+
+    def cli(argv):
+        try:
+            run(lambda: main(argv))
+            return 0
+        except SystemExit as e:
+            return e.code
+    assert cli(common + ["--test_path", str(tmp_path / "p.txt"),
+                         "--prediction_path", str(tmp_path / "o.txt")]) == 0
+    capsys.readouterr()
+    expected = session(model, tokenizer, 128, 5)
+    answers = [expected.reply(u) for u in users]
+    assert unescape_line((tmp_path / "o.txt").read_text(encoding="utf-8").rstrip("\n")) == answers[0]
+    monkeypatch.setattr(sys, "stdin", io.StringIO("\n".join(users) + "\n"))
+    assert cli(common + ["--interactive"]) == 0
+    out = capsys.readouterr().out
+    assert out == "".join(f"> {a}\n" for a in answers) + "> \n"
+    # options checked before the model loads
+    assert cli(common[:-4] + ["--chat_template", "nope", "--interactive"]) == 2
+    assert "--chat_template nope: unknown" in capsys.readouterr().err
