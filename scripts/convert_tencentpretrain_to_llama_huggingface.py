@@ -12,7 +12,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from tencentpretrain.config import load_config  # noqa: E402
 from tencentpretrain.convert.hf_llama import (check_output_folder, config_to_hf,  # noqa: E402
                                               hf_family, tencentpretrain_to_hf)
-from tencentpretrain.convert.hf_tokenizer import export_tokenizer  # noqa: E402
+from tencentpretrain.chat import export_template  # noqa: E402
+from tencentpretrain.convert.hf_tokenizer import export_tokenizer, write_chat_template  # noqa: E402
 from tencentpretrain.model_builder import build_model, check_state_dict, vocab_size_of  # noqa: E402
 from tencentpretrain.tokenizer import (TokenizerError, add_tokenizer_options,  # noqa: E402
                                        load_tokenizer)
@@ -40,7 +41,15 @@ def main(argv=None):
                         help="Text file: its first 1000 lines are checked as well as a fixed "
                              "multilingual sample; the exported tokenizer must give the "
                              "SentencePiece ids on all of them.")
+    parser.add_argument("--chat_template", default=None,
+                        help="Chat template written as chat_template of tokenizer_config.json, "
+                             "its end-of-turn token joining eos in generation_config.json's "
+                             "eos_token_id list: a name (chatml, llama3, llama2, mistral, alpaca, "
+                             "tokenizer) or the conversation dataset the model was tuned on "
+                             "(its meta.json records the template).")
     args = parser.parse_args(argv)
+    if args.chat_template and not (args.spm_model_path or args.tokenizer_path):
+        parser.error("--chat_template needs --spm_model_path or --tokenizer_path")
     run(lambda: convert(args))
 
 
@@ -61,6 +70,7 @@ def convert(args):
     if args.spm_model_path or args.tokenizer_path:  # first: a bad path fails before heavy work
         tokenizer = load_tokenizer(args.spm_model_path, args.tokenizer_path)
         bos_id, eos_id = tokenizer.bos_id, tokenizer.eos_id
+    chat = export_template(args.chat_template, tokenizer) if args.chat_template else None
     config = load_config(args.config_path)
     hf_family(config)
     check_output_folder(args.output_model_path)
@@ -84,6 +94,8 @@ def convert(args):
     if tokenizer:  # first: its ids are checked, and a refusal leaves the folder as it was
         written += export_tokenizer(tokenizer, args.output_model_path, config.max_seq_length,
                                     check_texts)
+        if chat:
+            write_chat_template(args.output_model_path, *chat)
     os.makedirs(args.output_model_path, exist_ok=True)
     with open(os.path.join(args.output_model_path, "config.json"), "w", encoding="utf-8") as f:
         json.dump(hf_config, f, indent=2)

@@ -80,3 +80,49 @@ class ChatSession:
 
     def reset(self):
         self.history, self.dropped = [], 0
+
+
+# --- the template of an HF export --------------------------------------------------------
+
+_GENERATION_TAGS = r"{%-?\s*(?:end)?generation\s*-?%}"
+
+
+def export_template(value, tokenizer):
+    """(Jinja, stop ids) of ``--chat_template VALUE`` for an HF export: a template name
+    (``tokenizer``: the --tokenizer_path folder's), or a conversation dataset (its folder or
+    meta.json), whose record of the template it was made with is used. The Jinja loses its
+    ``{% generation %}`` markers (transformers-only tags; the rendering is the same)."""
+    import json
+    import os
+    import re
+
+    from tencentpretrain.chat_templates import TEMPLATE_NAMES, ChatTemplateError
+    if value in TEMPLATE_NAMES:
+        template = load_chat_template(value, tokenizer)
+        record = template.to_dict()
+    else:
+        meta_path = os.path.join(value, "meta.json") if os.path.isdir(value) else value
+        if not os.path.isfile(meta_path):
+            raise ChatTemplateError(f"--chat_template {value}: neither a template name "
+                                    f"({', '.join(TEMPLATE_NAMES)}) nor a dataset folder")
+        try:
+            with open(meta_path, encoding="utf-8") as f:
+                meta = json.load(f)
+        except (OSError, ValueError) as e:
+            raise ChatTemplateError(f"--chat_template {value}: unreadable meta.json ({e})") from None
+        record = meta.get("chat_template") if isinstance(meta, dict) else None
+        if not isinstance(record, dict) or not record.get("jinja"):
+            raise ChatTemplateError(f"--chat_template {value}: the dataset records no chat "
+                                    f"template (not made by --data_processor conversation)")
+        if meta.get("tokenizer_sha256") not in (None, tokenizer.sha256):
+            raise ChatTemplateError(f"--chat_template {value}: the dataset was made with another "
+                                    f"tokenizer ({meta.get('tokenizer_file')}) than {tokenizer.source}")
+    stops = [tokenizer.eos_id] if tokenizer.eos_id is not None else []
+    for token in record.get("stop", ()):
+        token_id = _single_id(tokenizer, token)
+        if token_id is None:
+            raise ChatTemplateError(f"--chat_template {value}: its end-of-turn token {token} is "
+                                    f"not a single token of {tokenizer.source}")
+        if token_id not in stops:
+            stops.append(token_id)
+    return re.sub(_GENERATION_TAGS, "", record["jinja"]), stops

@@ -158,3 +158,81 @@ def test_cli_chat_template_and_interactive_chat(tmp_path, folder, tokenizer, cap
     # options checked before the model loads
     assert cli(common[:-4] + ["--chat_template", "nope", "--interactive"]) == 2
     assert "--chat_template nope: unknown" in capsys.readouterr().err
+
+
+# --- the HF export: apply_chat_template + generate == our chat --------------------------------
+
+def export(tmp_path, model, tokenizer_args, chat_template):
+    """The model as an HF folder through the export script, with --chat_template."""
+    from scripts.convert_tencentpretrain_to_llama_huggingface import main
+    from tencentpretrain.utils.weights import save_state_dict_file
+    save_state_dict_file(model.state_dict(), str(tmp_path / "m.bin"))
+    out = tmp_path / "hf"
+    main(["--input_model_path", str(tmp_path / "m.bin"), "--config_path", TINY,
+          "--output_model_path", str(out), *tokenizer_args, "--chat_template", chat_template])
+    return str(out)
+
+
+def assert_hf_chat_equals_ours(folder, model, tokenizer, chat, users, max_new_tokens):
+    transformers = pytest.importorskip("transformers")
+    hf_tok = transformers.AutoTokenizer.from_pretrained(folder)
+    hf_model = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
+    messages = [{"role": "system", "content": chat.system}] if chat.system is not None else []
+    stopped = 0
+    for user in users:
+        messages.append({"role": "user", "content": user})
+        prompt = hf_tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                            return_dict=True)["input_ids"]
+        assert prompt == chat.prompt_ids(user)
+        ids = torch.tensor([prompt])
+        out = hf_model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_id)
+        hf_new = out[0, len(prompt):].tolist()  # ends with the stop id when it stopped
+        answer = chat.reply(user)
+        if hf_new and hf_new[-1] in chat.generator.stop_ids:
+            stopped += 1
+            hf_new = hf_new[:-1]
+        assert hf_new == chat.last_ids
+        messages.append({"role": "assistant", "content": answer})
+    return stopped
+
+
+def test_hf_export_chat_equals_our_chat(tmp_path, folder, tokenizer):
+    """--chat_template chatml in the export: chat_template in tokenizer_config.json, [eos,
+    <|im_end|>] in generation_config.json; transformers' apply_chat_template(add_generation_prompt)
+    + greedy generate give our prompt ids and answers, stopping at <|im_end|> as ours does."""
+    import json
+    im_end = tokenizer.hf.token_to_id("<|im_end|>")
+    torch.manual_seed(1)
+    model = tencentpretrain.build_model(TINY, tokenizer.vocab_size).eval()
+    first = session(model, tokenizer).prompt_ids("What is two plus two?")
+    target = generate(model, [first], 8, options=GREEDY)[0][3]
+    with torch.no_grad():  # <|im_end|> wins where `target` would: answers end at the end of turn
+        out = model.target.lm.output_layer.weight
+        out[im_end] = out[target] * 3
+    out = export(tmp_path, model, ["--tokenizer_path", folder], "chatml")
+    assert json.load(open(os.path.join(out, "generation_config.json")))["eos_token_id"] == \
+        [tokenizer.eos_id, im_end]
+    jinja = json.load(open(os.path.join(out, "tokenizer_config.json")))["chat_template"]
+    assert "{% generation %}" not in jinja and "<|im_start|>assistant" in jinja
+    chat = session(model, tokenizer, 256, 8)
+    users = ["What is two plus two?", "And three plus three?", "Thanks!"]
+    stopped = assert_hf_chat_equals_ours(out, model, tokenizer, chat, users, 8)
+    assert stopped >= 1
+
+
+def test_export_template_from_the_dataset_record(tmp_path, folder, tokenizer):
+    """--chat_template DATASET: the template recorded in meta.json (the one tuned on)."""
+    import json
+
+    from tencentpretrain.chat import export_template
+    from tencentpretrain.chat_templates import ChatTemplateError
+    from tencentpretrain.data import preprocess
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text(json.dumps({"messages": [{"role": "user", "content": "Hi"},
+                                               {"role": "assistant", "content": "Hello."}]}) + "\n")
+    preprocess(str(corpus), None, str(tmp_path / "ds"), tokenizer_path=folder, progress=False,
+               data_processor="conversation", chat_template="chatml")
+    assert export_template(str(tmp_path / "ds"), tokenizer) == export_template("chatml", tokenizer)
+    with pytest.raises(ChatTemplateError, match="neither a template name"):
+        export_template(str(tmp_path / "missing"), tokenizer)

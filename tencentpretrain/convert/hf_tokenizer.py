@@ -246,6 +246,19 @@ def copy_hf_tokenizer(tokenizer, folder, model_max_length=None):
     return written + ["generation_config.json"]
 
 
+def write_chat_template(folder, jinja, stop_ids):
+    """A chat template into an exported folder: ``chat_template`` of tokenizer_config.json (what
+    ``apply_chat_template`` renders) and the stop ids as the ``eos_token_id`` list of
+    generation_config.json (what ``generate`` stops at: eos and the end-of-turn token)."""
+    for name, key, value in (("tokenizer_config.json", "chat_template", jinja),
+                             ("generation_config.json", "eos_token_id", list(stop_ids))):
+        path = os.path.join(folder, name)
+        with open(path, encoding="utf-8") as f:
+            content = json.load(f)
+        content[key] = value
+        _write_json(folder, name, content)
+
+
 def export_tokenizer(tokenizer, folder, model_max_length=None, check_texts=()):
     """The tokenizer files of either kind (tencentpretrain/tokenizer.py) into ``folder``;
     a SentencePiece model's are checked on ``SAMPLE_TEXTS`` + ``check_texts`` first."""
