@@ -341,11 +341,17 @@ def special_text(tokenizer, token_id):
 def check_specials(template, tokenizer):
     """Every special token the template writes must be one token of the tokenizer."""
     missing = [t for t in template.specials if _single_id(tokenizer, t) is None]
+    if missing and hasattr(tokenizer, "hf"):
+        raise ChatTemplateError(
+            f"--chat_template {template.name}: {', '.join(missing)} not single tokens of "
+            f"{tokenizer.source}; use a tokenizer that has them (the model family's tokenizer.json)")
     if missing:
         raise ChatTemplateError(
             f"--chat_template {template.name}: {', '.join(missing)} not single tokens of "
-            f"{tokenizer.source}; use a tokenizer that has them (e.g. the model family's "
-            f"tokenizer.json) or add them as special tokens (scripts/extend_vocab.py)")
+            f"{tokenizer.source}; add them to the tokenizer and the checkpoint with "
+            f"scripts/extend_vocab.py --base_spm_model_path {tokenizer.path} --add_special_tokens "
+            f"\"{','.join(missing)}\" --output_spm_model_path NEW.model --input_model_path MODEL "
+            f"--config_path CONFIG --output_model_path NEW_MODEL, then use --spm_model_path NEW.model")
 
 
 def _single_id(tokenizer, token):

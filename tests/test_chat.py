@@ -236,3 +236,52 @@ def test_export_template_from_the_dataset_record(tmp_path, folder, tokenizer):
     assert export_template(str(tmp_path / "ds"), tokenizer) == export_template("chatml", tokenizer)
     with pytest.raises(ChatTemplateError, match="neither a template name"):
         export_template(str(tmp_path / "missing"), tokenizer)
+
+
+def test_chatml_on_a_llama_sentencepiece_model(tmp_path):
+    """LLaMA's SentencePiece model lacks ChatML's tokens: preprocess says exactly how to add
+    them; extend_vocab.py --add_special_tokens appends them (rows: the mean of the base rows);
+    then preprocessing, our chat and the HF export's apply_chat_template + generate agree."""
+    import json
+
+    import sentencepiece as spm
+
+    from scripts.extend_vocab import main as extend_main
+    from tencentpretrain.chat_templates import ChatTemplateError
+    from tencentpretrain.data import TokenDataset, preprocess
+    from tencentpretrain.utils.weights import load_state_dict_file
+    from tests.training_support import LLAMA_SPM
+    corpus = tmp_path / "c.jsonl"
+    msgs = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Hi there"},
+            {"role": "assistant", "content": "Hello! 你好"}]
+    corpus.write_text(json.dumps({"messages": msgs}, ensure_ascii=False) + "\n", encoding="utf-8")
+    with pytest.raises(ChatTemplateError) as error:
+        preprocess(str(corpus), LLAMA_SPM, str(tmp_path / "x"), data_processor="conversation",
+                   chat_template="chatml", progress=False)
+    assert (f'scripts/extend_vocab.py --base_spm_model_path {LLAMA_SPM} --add_special_tokens '
+            f'"<|im_start|>,<|im_end|>" --output_spm_model_path') in str(error.value)
+    vocab = spm.SentencePieceProcessor(model_file=LLAMA_SPM).vocab_size()
+    config = tiny_checkpoint(tmp_path / "m.bin", vocab_size=vocab)
+    new_spm, new_model = str(tmp_path / "chatml.model"), str(tmp_path / "m_chatml.bin")
+    extend_main(["--input_model_path", str(tmp_path / "m.bin"), "--config_path", config,
+                 "--base_spm_model_path", LLAMA_SPM, "--add_special_tokens", "<|im_start|>,<|im_end|>",
+                 "--output_spm_model_path", new_spm, "--output_model_path", new_model])
+    old, new = load_state_dict_file(str(tmp_path / "m.bin")), load_state_dict_file(new_model)
+    for name in ("embedding.word.embedding.weight", "target.lm.output_layer.weight"):
+        assert new[name].shape[0] == vocab + 2
+        assert torch.equal(new[name][:vocab], old[name])
+        for row in (vocab, vocab + 1):
+            torch.testing.assert_close(new[name][row], old[name].float().mean(0).to(old[name].dtype))
+    sp = spm.SentencePieceProcessor(model_file=new_spm)
+    assert [sp.PieceToId(t) for t in ("<|im_start|>", "<|im_end|>")] == [vocab, vocab + 1]
+    assert sp.EncodeAsIds("Hello world") == spm.SentencePieceProcessor(model_file=LLAMA_SPM).EncodeAsIds("Hello world")
+    preprocess(str(corpus), new_spm, str(tmp_path / "ds"), data_processor="conversation",
+               chat_template="chatml", progress=False)
+    tokenizer = load_tokenizer(new_spm)
+    sample = TokenDataset(str(tmp_path / "ds"))[0]
+    encoded = encode_conversation(TEMPLATES["chatml"], tokenizer, SYSTEM, [("Hi there", "Hello! 你好")])
+    assert sample.tokens.tolist() == encoded.ids and vocab + 1 in encoded.ids
+    model = tencentpretrain.load_model(config, new_model).eval()
+    out = export(tmp_path, model, ["--spm_model_path", new_spm], "chatml")
+    chat = session(model, tokenizer, 128, 4)
+    assert_hf_chat_equals_ours(out, model, tokenizer, chat, ["Hi there", "And 你好?"], 4)
