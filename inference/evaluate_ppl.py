@@ -9,7 +9,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from inference import add_model_options, run  # noqa: E402
 from tencentpretrain.evaluation import evaluate_dataset, evaluate_text  # noqa: E402
-from tencentpretrain.model_builder import load_model_and_tokenizer  # noqa: E402
+from tencentpretrain.loading import load_model_and_tokenizer  # noqa: E402
 
 
 def parse_args(argv=None):

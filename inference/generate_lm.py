@@ -15,7 +15,7 @@ from inference.text_io import chat, generate_file, interactive  # noqa: E402
 from tencentpretrain.chat import ChatSession, load_chat_template  # noqa: E402
 from tencentpretrain.chat_templates import TEMPLATE_NAMES  # noqa: E402
 from tencentpretrain.generation import GenerationError, SamplingOptions, TextGenerator  # noqa: E402
-from tencentpretrain.model_builder import load_model_and_tokenizer  # noqa: E402
+from tencentpretrain.loading import load_model_and_tokenizer  # noqa: E402
 from tencentpretrain.prompts import ALPACA_TEMPLATE, load_template  # noqa: E402
 
 

@@ -15,8 +15,8 @@ _LAZY = {
     "ModelConfig": "tencentpretrain.config",
     "load_config": "tencentpretrain.config",
     "build_model": "tencentpretrain.model_builder",
-    "load_model": "tencentpretrain.model_builder",
-    "load_model_and_tokenizer": "tencentpretrain.model_builder",
+    "load_model": "tencentpretrain.loading",
+    "load_model_and_tokenizer": "tencentpretrain.loading",
     "WeightsError": "tencentpretrain.utils.weights",
 }
 

@@ -12,11 +12,11 @@ import torch
 from tencentpretrain.config import ConfigError
 from tencentpretrain.convert.peft_lora import PEFT_CONFIG, read_peft_dir
 from tencentpretrain.layers.lora import LoraConfig
+from tencentpretrain.models.layout import OUTPUT
 from tencentpretrain.utils.files import read_json
 from tencentpretrain.utils.weights import WeightsError, load_state_dict_file, save_state_dict_file
 
 SUFFIX = ".safetensors"
-_TIED = "target.lm.output_layer.weight"
 
 
 def _first_rows(weights):
@@ -43,7 +43,7 @@ def base_fingerprint(weights, tie_weights=False):
     shapes, first = _first_rows(weights)
     digest = hashlib.sha256()
     for name in sorted(shapes):
-        if tie_weights and name == _TIED:
+        if tie_weights and name == OUTPUT:
             continue
         tensor = first(name).detach()
         row = tensor.reshape(-1) if tensor.dim() < 2 else tensor.reshape(tensor.shape[0], -1)[0]

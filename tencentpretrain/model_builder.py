@@ -1,4 +1,7 @@
-"""Build a model from a config, load weights into it, check both before allocating."""
+"""Build a model from a config, load weights into it, check both before allocating.
+
+Adapters are not loaded here (``adapters.load_adapter`` on the returned model;
+``tencentpretrain.loading`` does both), so this module imports nothing above it."""
 import torch
 
 from tencentpretrain.config import ConfigError, ModelConfig, load_config
@@ -8,9 +11,9 @@ from tencentpretrain.encoders import str2encoder
 from tencentpretrain.layers import (str2act, str2feedforward, str2layernorm,
                                     str2layernorm_positioning)
 from tencentpretrain.layers.masks import str2mask
+from tencentpretrain.models import layout
 from tencentpretrain.models.model import Model
 from tencentpretrain.targets import str2target
-from tencentpretrain.tokenizer import load_tokenizer
 from tencentpretrain.utils.weights import WeightsError, load_state_dict_file
 
 # (config key, human name, registry): every config string is looked up here first.
@@ -36,9 +39,9 @@ def check_registries(config):
             if name not in registry:
                 known = ", ".join(sorted(registry)) or "(none)"
                 raise ConfigError(f'unknown {kind} "{name}" in {config.source}; known: {known}')
-    if config.target != ["lm"]:  # a second target would be built and saved, never trained
-        raise ConfigError(f'"target" in {config.source} is {config.target}; a language model '
-                          'here trains exactly one target: ["lm"]')
+    if len(config.target) != 1:  # a second target would be built and saved, never trained
+        raise ConfigError(f'"target" in {config.source} is {config.target}; the trainer trains '
+                          'exactly one target (a language model: ["lm"])')
 
 
 def build_model(config, vocab_size, device=None):
@@ -59,7 +62,7 @@ def build_model(config, vocab_size, device=None):
 
 
 def vocab_size_of(state_dict, path="<state dict>"):
-    key = "embedding.word.embedding.weight"
+    key = layout.EMBEDDING
     if key not in state_dict:
         raise WeightsError(f"{path}: no {key}; not a TencentPretrain LLaMA checkpoint")
     return int(state_dict[key].shape[0])
@@ -70,7 +73,7 @@ def check_state_dict(model, state_dict, path):
     expected = model.state_dict()
     for name, tensor in expected.items():
         if name not in state_dict:
-            if model.config.tie_weights and name == "target.lm.output_layer.weight":
+            if model.config.tie_weights and name == layout.OUTPUT:
                 continue
             raise WeightsError(f"{path}: missing tensor {name} (config {model.config.source})")
         if tuple(state_dict[name].shape) != tuple(tensor.shape):
@@ -82,8 +85,7 @@ def check_state_dict(model, state_dict, path):
             raise WeightsError(f"{path}: unexpected tensor {name} for config {model.config.source}")
 
 
-def load_model(config_path, model_path=None, vocab_size=None, dtype=None, device=None,
-               lora_model_path=None):
+def load_model(config_path, model_path=None, vocab_size=None, dtype=None, device=None):
     """Build the model of ``config_path`` and load ``model_path`` into it.
 
     The vocabulary size comes from the checkpoint when one is given (it may exceed the
@@ -91,11 +93,7 @@ def load_model(config_path, model_path=None, vocab_size=None, dtype=None, device
     ``device=None`` follows torch's default device (``with torch.device("meta"):``,
     ``torch.set_default_device``); on the meta device only the checkpoint's shapes
     are checked against the config and nothing is allocated.
-    ``lora_model_path``: a LoRA adapter (ours or a PEFT folder) put on top, unmerged.
     """
-    if lora_model_path is not None and model_path is None:
-        raise WeightsError(f"LoRA adapter {lora_model_path} needs the base model it was trained "
-                           "on (model_path / --load_model_path)")
     device = torch.device(device) if device is not None else torch.get_default_device()
     config = load_config(config_path) if not isinstance(config_path, ModelConfig) else config_path
     check_registries(config)
@@ -119,10 +117,7 @@ def load_model(config_path, model_path=None, vocab_size=None, dtype=None, device
         model = model.to_empty(device=device)
         model.load_state_dict(state_dict, strict=not config.tie_weights)
         if config.tie_weights:
-            model.target.lm.output_layer.weight = model.embedding.word.embedding.weight
-    if lora_model_path is not None:
-        from tencentpretrain.adapters import load_adapter
-        load_adapter(model, lora_model_path)
+            layout.tie_weights(model)
     if dtype is not None:
         model = model.to(dtype)
     return model.eval() if model_path is not None else model
@@ -138,14 +133,3 @@ def pick_device_dtype(device="auto", dtype="auto"):
         else:
             dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
     return device, getattr(torch, dtype)
-
-
-def load_model_and_tokenizer(config_path, model_path, spm_model_path, device="auto",
-                             dtype="auto", lora_model_path=None, tokenizer_path=None):
-    """The checkpoint's vocabulary must be the tokenizer's: checked by load_model. The
-    tokenizer: ``spm_model_path`` or ``tokenizer_path`` (tokenizer.py's load_tokenizer)."""
-    tokenizer = load_tokenizer(spm_model_path, tokenizer_path)
-    device, dtype = pick_device_dtype(device, dtype)
-    model = load_model(config_path, model_path, vocab_size=tokenizer.vocab_size, dtype=dtype,
-                       device=device, lora_model_path=lora_model_path)
-    return model.eval(), tokenizer

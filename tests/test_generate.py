@@ -16,7 +16,7 @@ from tencentpretrain.convert.hf_llama import config_to_hf, hf_to_tencentpretrain
 from inference.text_io import escape_line, unescape_line
 from tencentpretrain.generation import (SamplingOptions, TextGenerator, apply_repetition_penalty,
                                         filter_top_k_top_p, generate)
-from tencentpretrain.model_builder import load_model_and_tokenizer
+from tencentpretrain.loading import load_model_and_tokenizer
 from tencentpretrain.prompts import ALPACA_TEMPLATE, build_prompt
 from tencentpretrain.tokenizer import SpmTokenizer
 from tencentpretrain.utils.weights import save_state_dict_file

@@ -18,7 +18,7 @@ from inference.generate_lm import main as generate_main
 from tencentpretrain.data import DatasetError, TokenDataset, preprocess
 from inference.text_io import unescape_line
 from tencentpretrain.generation import GenerationError, SamplingOptions, TextGenerator
-from tencentpretrain.model_builder import load_model_and_tokenizer
+from tencentpretrain.loading import load_model_and_tokenizer
 from tencentpretrain.prompts import ALPACA_TEMPLATE, build_prompt
 from tencentpretrain.tokenizer import TokenizerError, load_tokenizer
 from tests.training_support import TINY, logged_losses, run_in_process

@@ -6,53 +6,21 @@ embeddings) and ``MistralForCausalLM`` (sliding-window attention). Anything in a
 config or checkpoint that our model would not reproduce is refused with one line,
 never dropped: a converted model either matches transformers or is not written.
 
-Our checkpoints keep Meta's q/k row order (rotary on adjacent pairs); HF
-permutes q/k rows (and q/k biases) so rotary acts on the two halves of each head.
-``_to_hf_rows`` and ``_from_hf_rows`` are exact inverses, so HF -> ours -> HF is lossless.
+Tensor names and q/k row orders per family are ``models/layout.py``'s (our q/k rows are
+in Meta's rotary order, HF's permuted); its maps are exact inverses, so HF -> ours -> HF
+is lossless.
 """
 import glob
 import os
 
 from tencentpretrain.config import ConfigError, ModelConfig, config_from_dict
+from tencentpretrain.models import layout
 from tencentpretrain.utils.files import read_json
 from tencentpretrain.utils.weights import WeightsError, load_state_dict_file
 
-_LAYER_MAP = {  # ours (per layer) -> HF (per layer)
-    "self_attn.linear_layers.0.weight": "self_attn.q_proj.weight",
-    "self_attn.linear_layers.1.weight": "self_attn.k_proj.weight",
-    "self_attn.linear_layers.2.weight": "self_attn.v_proj.weight",
-    "self_attn.final_linear.weight": "self_attn.o_proj.weight",
-    "feed_forward.linear_gate.weight": "mlp.gate_proj.weight",
-    "feed_forward.linear_1.weight": "mlp.up_proj.weight",
-    "feed_forward.linear_2.weight": "mlp.down_proj.weight",
-    "layer_norm_1.weight": "input_layernorm.weight",
-    "layer_norm_2.weight": "post_attention_layernorm.weight",
-}
-_QKV_BIAS_MAP = {  # configs with "qkv_bias": true (Qwen2)
-    "self_attn.linear_layers.0.bias": "self_attn.q_proj.bias",
-    "self_attn.linear_layers.1.bias": "self_attn.k_proj.bias",
-    "self_attn.linear_layers.2.bias": "self_attn.v_proj.bias",
-}
-_GLOBAL_MAP = {
-    "embedding.word.embedding.weight": "model.embed_tokens.weight",
-    "encoder.layer_norm.weight": "model.norm.weight",
-    "target.lm.output_layer.weight": "lm_head.weight",
-}
 # HF architecture -> model_type; the family decides which config keys are read.
 ARCHITECTURES = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2",
                  "MistralForCausalLM": "mistral"}
-# What an HF checkpoint may hold that our model recomputes instead (old rotary buffers).
-_RECOMPUTED = ("rotary_emb.inv_freq",)
-
-
-def _to_hf_rows(w, heads):
-    """Meta's rotary row order -> HF's, for a q/k weight [rows, cols] or bias [rows]."""
-    return w.unflatten(0, (heads, -1, 2)).transpose(1, 2).reshape(w.shape)
-
-
-def _from_hf_rows(w, heads):
-    return w.unflatten(0, (heads, 2, -1)).transpose(1, 2).reshape(w.shape)
-
 
 def _rope_scaling_from_hf(hf):
     """Our rope_scaling (None for plain RoPE) from ``rope_scaling`` (hub configs) or
@@ -163,65 +131,14 @@ def config_to_hf(config: ModelConfig, vocab_size, bos_id=1, eos_id=2, dtype="flo
     return hf
 
 
-def _layer_map(config):
-    return {**_LAYER_MAP, **(_QKV_BIAS_MAP if config.qkv_bias else {})}
-
-
-def _permuted_heads(name, config):
-    """Heads whose rows HF permutes for this tensor (q and k, weights and biases), or None."""
-    if ".linear_layers.0." in name:
-        return config.heads_num
-    if ".linear_layers.1." in name:
-        return config.kv_heads_num
-    return None
-
-
 def hf_to_tencentpretrain(hf_state, config: ModelConfig, source="Hugging Face checkpoint"):
-    """Our state dict from an HF one; a tensor this mapping does not place is an error.
-    Unpermuted tensors are shared, not copied, so bf16 stays bf16 and memory stays ~1x."""
-    ours, used = {}, set()
-    for name, hf_name in _GLOBAL_MAP.items():
-        if hf_name in hf_state:
-            ours[name] = hf_state[hf_name]
-            used.add(hf_name)
-    if config.tie_weights:
-        ours.pop("target.lm.output_layer.weight", None)
-    elif "target.lm.output_layer.weight" not in ours:
-        raise WeightsError(f"{source} has no lm_head.weight, and the config does not tie it "
-                           "to the embedding")
-    for i in range(config.layers_num):
-        for name, hf_name in _layer_map(config).items():
-            key = f"model.layers.{i}.{hf_name}"
-            if key not in hf_state:
-                raise WeightsError(f"{source} has no tensor {key}")
-            tensor = hf_state[key]
-            heads = _permuted_heads(name, config)
-            if heads:
-                tensor = _from_hf_rows(tensor, heads)
-            ours[f"encoder.transformer.{i}.{name}"] = tensor.contiguous()
-            used.add(key)
-    unknown = sorted(k for k in hf_state if k not in used and not k.endswith(_RECOMPUTED))
-    if unknown:
-        raise WeightsError(f"{source}: tensor {unknown[0]} has no place in the converted model "
-                           f"({len(unknown)} such tensors); refusing to drop it")
-    return ours
+    """Our state dict from an HF one (the family's name map: ``models/layout.py``); a
+    tensor the map does not place is an error. Unpermuted tensors are shared, not copied."""
+    return layout.from_hf(hf_state, config, source)
 
 
 def tencentpretrain_to_hf(state, config: ModelConfig):
-    hf = {}
-    for name, hf_name in _GLOBAL_MAP.items():
-        if name in state:
-            hf[hf_name] = state[name]
-    if config.tie_weights:
-        hf.pop("lm_head.weight", None)
-    for i in range(config.layers_num):
-        for name, hf_name in _layer_map(config).items():
-            tensor = state[f"encoder.transformer.{i}.{name}"]
-            heads = _permuted_heads(name, config)
-            if heads:
-                tensor = _to_hf_rows(tensor, heads)
-            hf[f"model.layers.{i}.{hf_name}"] = tensor.contiguous()
-    return hf
+    return layout.to_hf(state, config)
 
 
 # What an export writes or a reader reads as weights; an output folder holding any of these

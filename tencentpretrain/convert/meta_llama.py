@@ -2,38 +2,18 @@
 
 Meta's q/k rows are already in our order (rotary on adjacent pairs), so converting
 is renaming plus merging the model-parallel shards: 13B and larger are split across
-several files, each tensor along its own dimension (``_LAYER_MAP``/``_GLOBAL_MAP``).
+several files, each tensor along its own dimension (the names and dimensions:
+``models/layout.py``).
 """
 import glob
 import os
-import re
 
 import torch
 
 from tencentpretrain.config import config_from_dict
+from tencentpretrain.models import layout
 from tencentpretrain.utils.files import read_json
 from tencentpretrain.utils.weights import WeightsError
-
-# Meta name -> (our name, dimension the shards split it along; None = replicated)
-_GLOBAL_MAP = {
-    "tok_embeddings.weight": ("embedding.word.embedding.weight", 1),
-    "norm.weight": ("encoder.layer_norm.weight", None),
-    "output.weight": ("target.lm.output_layer.weight", 0),
-}
-_LAYER_MAP = {  # per layer: layers.N.<meta> -> encoder.transformer.N.<ours>
-    "attention.wq.weight": ("self_attn.linear_layers.0.weight", 0),
-    "attention.wk.weight": ("self_attn.linear_layers.1.weight", 0),
-    "attention.wv.weight": ("self_attn.linear_layers.2.weight", 0),
-    "attention.wo.weight": ("self_attn.final_linear.weight", 1),
-    "feed_forward.w1.weight": ("feed_forward.linear_gate.weight", 0),
-    "feed_forward.w3.weight": ("feed_forward.linear_1.weight", 0),
-    "feed_forward.w2.weight": ("feed_forward.linear_2.weight", 1),
-    "attention_norm.weight": ("layer_norm_1.weight", None),
-    "ffn_norm.weight": ("layer_norm_2.weight", None),
-}
-_IGNORED = {"rope.freqs"}  # recomputed from rope_theta
-_LAYER_KEY = re.compile(r"layers\.(\d+)\.(.+)")
-
 
 def meta_feedforward_size(dim, multiple_of, ffn_dim_multiplier=None):
     """The FFN width of Meta's ``FeedForward``: 2/3 of 4*dim, scaled, rounded up."""
@@ -84,24 +64,13 @@ def _meta_rope_scaling(params):
             "original_max_position_embeddings": 8192}
 
 
-def _our_name(meta_name):
-    """(our name, split dimension) of a Meta tensor name; WeightsError if unknown."""
-    if meta_name in _GLOBAL_MAP:
-        return _GLOBAL_MAP[meta_name]
-    match = _LAYER_KEY.fullmatch(meta_name)
-    if match and match.group(2) in _LAYER_MAP:
-        name, dim = _LAYER_MAP[match.group(2)]
-        return f"encoder.transformer.{match.group(1)}.{name}", dim
-    raise WeightsError(f"unknown tensor {meta_name} in the Meta checkpoint")
-
-
 def merge_meta_shards(shards):
     """Our state dict from Meta's model-parallel shards (state dicts, in file order)."""
     state = {}
     for meta_name in shards[0]:
-        if meta_name in _IGNORED:
+        if meta_name in layout.META_IGNORED:
             continue
-        name, dim = _our_name(meta_name)
+        name, dim = layout.from_meta_name(meta_name)
         missing = [i for i, shard in enumerate(shards) if meta_name not in shard]
         if missing:
             raise WeightsError(f"Meta shard {missing[0]} has no tensor {meta_name}")
@@ -125,13 +94,13 @@ def load_meta_checkpoint(folder, max_seq_length=2048):
     config = config_from_meta(params, max_seq_length)
     state = merge_meta_shards(shards)
     vocab = params.get("vocab_size", -1)
-    embedding = state.get("embedding.word.embedding.weight")
+    embedding = state.get(layout.EMBEDDING)
     if embedding is None:
         raise WeightsError(f"{folder}: no tok_embeddings.weight")
     if vocab > 0 and embedding.shape[0] != vocab:
         raise WeightsError(f"{folder}: params.json says vocab_size {vocab}, tok_embeddings.weight "
                            f"has {embedding.shape[0]} rows")
-    gate = state.get("encoder.transformer.0.feed_forward.linear_gate.weight")
+    gate = state.get(layout.layer_name(0, f"{layout.LINEARS['gate']}.weight"))
     if gate is not None and gate.shape[0] != config["feedforward_size"]:
         raise WeightsError(f"{folder}: feed_forward.w1 has {gate.shape[0]} rows, params.json "
                            f"gives a feedforward size of {config['feedforward_size']}")

@@ -1,52 +1,29 @@
 """LoRA adapters: ours <-> Hugging Face PEFT (``adapter_config.json`` +
 ``adapter_model.safetensors`` for ``LlamaForCausalLM``), both ways, lossless.
 
-Names come from the full-weight HF mapping (``hf_llama``). Our q/k rows are in Meta's
-rotary layout and HF permutes q/k rows; since delta = B A, the same row permutation
-applies to B of q and k (A, the input side, is unchanged).
+Names and row orders come from the HF name map of ``models/layout.py`` (``peft_pairs``):
+our q/k rows are in Meta's rotary layout and HF permutes q/k rows; since delta = B A, the
+same row permutation applies to B of q and k (A, the input side, is unchanged).
 """
 import json
 import os
 
 from tencentpretrain.config import ConfigError, ModelConfig
-from tencentpretrain.convert.hf_llama import (_GLOBAL_MAP, _LAYER_MAP, _from_hf_rows,
-                                              _to_hf_rows)
 from tencentpretrain.layers.lora import MODULES_TO_SAVE, TARGETS, LoraConfig
+from tencentpretrain.models import layout
+from tencentpretrain.models.layout import PEFT_MODULES_TO_SAVE as HF_MODULES_TO_SAVE
+from tencentpretrain.models.layout import PEFT_TARGETS as HF_TARGETS
+from tencentpretrain.models.layout import from_hf_rows, to_hf_rows
 from tencentpretrain.utils.files import read_json
 from tencentpretrain.utils.weights import WeightsError, load_state_dict_file
 
 PEFT_CONFIG = "adapter_config.json"
 PEFT_WEIGHTS = "adapter_model.safetensors"
-_PREFIX = "base_model.model."
-
-
-def _hf_module(our_module):
-    """HF module path of one of our modules, e.g. self_attn.linear_layers.0 -> self_attn.q_proj."""
-    table = {**_LAYER_MAP, **_GLOBAL_MAP}
-    return table[f"{our_module}.weight"].removesuffix(".weight")
-
-
-HF_TARGETS = {name: _hf_module(path).rpartition(".")[2] for name, path in TARGETS.items()}
-HF_MODULES_TO_SAVE = {name: _hf_module(path).rpartition(".")[2]
-                      for name, path in MODULES_TO_SAVE.items()}
-
-
-def _row_heads(target, config: ModelConfig):
-    """Heads whose rows HF permutes for this target's B, or None."""
-    return {"q": config.heads_num, "k": config.kv_heads_num}.get(target)
 
 
 def _pairs(lora: LoraConfig, config: ModelConfig):
     """(our name, PEFT name, heads to permute or None) of every tensor of an adapter."""
-    for i in range(config.layers_num):
-        for target in lora.targets:
-            ours = f"encoder.transformer.{i}.{TARGETS[target]}"
-            hf = f"{_PREFIX}model.layers.{i}.{_hf_module(TARGETS[target])}"
-            yield f"{ours}.lora_A", f"{hf}.lora_A.weight", None
-            yield f"{ours}.lora_B", f"{hf}.lora_B.weight", _row_heads(target, config)
-    for name in lora.modules_to_save:
-        ours = f"{MODULES_TO_SAVE[name]}.weight"
-        yield ours, _PREFIX + _GLOBAL_MAP[ours], None
+    return layout.peft_pairs(lora.targets, lora.modules_to_save, config)
 
 
 def to_peft(lora: LoraConfig, state, config: ModelConfig):
@@ -56,7 +33,7 @@ def to_peft(lora: LoraConfig, state, config: ModelConfig):
         if ours not in state:
             raise WeightsError(f"adapter has no tensor {ours}")
         tensor = state[ours]
-        peft_state[hf] = (_to_hf_rows(tensor, heads) if heads else tensor).contiguous()
+        peft_state[hf] = (to_hf_rows(tensor, heads) if heads else tensor).contiguous()
     peft_config = {
         "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": None,
         "r": lora.r, "lora_alpha": lora.alpha, "lora_dropout": lora.dropout,
@@ -119,7 +96,7 @@ def read_peft_dir(path, config: ModelConfig):
         if heads and (tensor.dim() != 2 or tensor.shape[0] % (2 * heads)):
             raise WeightsError(f"{weights}: tensor {hf} has shape {tuple(tensor.shape)}, which "
                                f"does not fit {heads} heads of config {config.source}")
-        state[ours] = (_from_hf_rows(tensor, heads) if heads else tensor).contiguous()
+        state[ours] = (from_hf_rows(tensor, heads) if heads else tensor).contiguous()
     if peft_state:
         raise WeightsError(f"{weights}: unexpected tensor {next(iter(peft_state))} for config "
                            f"{config.source}")

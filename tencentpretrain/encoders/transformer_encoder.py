@@ -6,8 +6,8 @@ activations are recomputed in backward instead of kept.
 """
 import torch
 import torch.nn as nn
-import torch.utils.checkpoint
 
+from tencentpretrain.encoders.base import Encoder
 from tencentpretrain.layers import str2layernorm
 from tencentpretrain.layers.masks import (DocumentSpans, causal_document_mask,
                                           document_block_mask, document_positions, str2mask)
@@ -15,11 +15,7 @@ from tencentpretrain.layers.rotary import rotary_rotations
 from tencentpretrain.layers.transformer import TransformerLayer
 
 
-def _torch_checkpoint(function, *args):
-    return torch.utils.checkpoint.checkpoint(function, *args, use_reentrant=False)
-
-
-class TransformerEncoder(nn.Module):
+class TransformerEncoder(Encoder):
     def __init__(self, config):
         super().__init__()
         self.config = config
@@ -30,22 +26,16 @@ class TransformerEncoder(nn.Module):
         if config.layernorm_positioning == "pre":
             self.layer_norm = str2layernorm[config.layernorm](config.hidden_size,
                                                               eps=config.layernorm_eps)
-        self.checkpoint_layers_num = 0
-        self.checkpoint_fn = _torch_checkpoint
         # how packed samples are isolated: "block_mask" (FlexAttention), "spans" (causal SDPA
         # per example), "dense" (a boolean [seq, seq] mask), or None: by device, block_mask on
         # CUDA, spans elsewhere (FlexAttention has no CPU backward)
         self.isolation = None
 
-    def enable_activation_checkpointing(self, layers_per_checkpoint=1, checkpoint_fn=None):
-        """Recompute every group of ``layers_per_checkpoint`` layers in backward.
+    def layers(self):
+        return self.transformer
 
-        ``checkpoint_fn(function, *tensors)`` defaults to torch's non-reentrant
-        checkpoint; pretrain.py passes DeepSpeed's under ``--deepspeed``.
-        """
-        self.checkpoint_layers_num = max(1, int(layers_per_checkpoint))
-        if checkpoint_fn is not None:
-            self.checkpoint_fn = checkpoint_fn
+    def final_norm(self):
+        return self.layer_norm
 
     def isolation_kind(self, hidden):
         kind = self.isolation or ("block_mask" if hidden.is_cuda else "spans")
@@ -79,7 +69,7 @@ class TransformerEncoder(nn.Module):
                                              key_mask=key_mask, window=self.config.sliding_window)
 
         layers = list(self.transformer)
-        if self.checkpoint_layers_num and self.training and torch.is_grad_enabled():
+        if self.checkpointing():
             group = self.checkpoint_layers_num
             for start in range(0, len(layers), group):
                 def run(x, chunk=layers[start:start + group]):

@@ -16,23 +16,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from tencentpretrain.config import ConfigError
+from tencentpretrain.models import layout
 from tencentpretrain.utils.weights import WeightsError
 
-# Target name -> the linear layer inside each TransformerLayer (TencentPretrain's names).
-TARGETS = {
-    "q": "self_attn.linear_layers.0",
-    "k": "self_attn.linear_layers.1",
-    "v": "self_attn.linear_layers.2",
-    "o": "self_attn.final_linear",
-    "gate": "feed_forward.linear_gate",
-    "up": "feed_forward.linear_1",
-    "down": "feed_forward.linear_2",
-}
-# Whole modules trained alongside the adapters (e.g. after a vocabulary extension).
-MODULES_TO_SAVE = {
-    "embedding": "embedding.word.embedding",
-    "output": "target.lm.output_layer",
-}
+# Target name -> the linear layer inside each layer; whole modules trained alongside the
+# adapters (e.g. after a vocabulary extension) -> their path. Both are the layout's names.
+TARGETS = layout.LINEARS
+MODULES_TO_SAVE = layout.WHOLE_MODULES
 
 
 # keys an adapter's JSON holds beside the LoraConfig (the base it was trained on, adapters.py)
@@ -144,7 +134,7 @@ def target_paths(model, config):
     """{our module path: target name} of every linear ``config`` targets in ``model``;
     a target the model does not have (gate in a dense feed-forward) is a ConfigError."""
     paths = {}
-    for i, layer in enumerate(model.encoder.transformer):
+    for layer_path, layer in layout.named_layers(model):
         for target in config.targets:
             parent, attr = _submodule(layer, TARGETS[target])
             module = getattr(parent, attr, None)
@@ -152,7 +142,7 @@ def target_paths(model, config):
                 raise ConfigError(f"LoRA target {target!r} ({TARGETS[target]}) is not a linear "
                                   f"layer of {model.config.source} (feed_forward "
                                   f"{model.config.feed_forward!r})")
-            paths[f"encoder.transformer.{i}.{TARGETS[target]}"] = target
+            paths[f"{layer_path}.{TARGETS[target]}"] = target
     return paths
 
 
@@ -213,7 +203,7 @@ def merge_into_state_dict(state, adapter_state, config, model_config):
     merged = dict(state)
     for i in range(model_config.layers_num):
         for target in config.targets:
-            prefix = f"encoder.transformer.{i}.{TARGETS[target]}"
+            prefix = layout.layer_name(i, TARGETS[target])
             weight = state[f"{prefix}.weight"]
             delta = lora_delta(adapter_state[f"{prefix}.lora_A"],
                                adapter_state[f"{prefix}.lora_B"], config.scaling)
@@ -231,4 +221,4 @@ def keep_grad_through_checkpoints(model):
     mark that output as needing one (transformers' ``enable_input_require_grads``)."""
     def require_grad(module, inputs, output):
         return output.requires_grad_(True) if not output.requires_grad else output
-    return model.embedding.register_forward_hook(require_grad)
+    return layout.embedding(model).register_forward_hook(require_grad)

@@ -1,14 +1,19 @@
-"""The model: embedding -> encoder -> (decoder) -> target, as named in the config.
+"""The model: embedding -> encoder -> [decoder] -> targets, each built from its registry
+by the name the config gives it.
 
 Submodule names match TencentPretrain checkpoints: ``embedding.word.*``,
-``encoder.transformer.N.*``, ``encoder.layer_norm.*``, ``target.lm.*``.
+``encoder.transformer.N.*``, ``encoder.layer_norm.*``, ``target.lm.*``; a decoder-only
+config builds no decoder (its state dict is exactly that). ``models/layout.py`` owns
+these names for everything outside the model code.
 """
 import torch
 import torch.nn as nn
 
+from tencentpretrain.decoders import str2decoder
 from tencentpretrain.embeddings import str2embedding
 from tencentpretrain.embeddings.embedding import Embedding
 from tencentpretrain.encoders import str2encoder
+from tencentpretrain.models import layout
 from tencentpretrain.targets import str2target
 
 
@@ -19,15 +24,17 @@ class Model(nn.Module):
         self.vocab_size = vocab_size
         self.embedding = Embedding(config, vocab_size, str2embedding)
         self.encoder = str2encoder[config.encoder](config)
+        self.decoder = str2decoder[config.decoder](config) if config.decoder else None
         self.target = nn.Module()
         for name in config.target:
             self.target.add_module(name, str2target[name](config, vocab_size))
         if config.tie_weights:
-            self.target.lm.output_layer.weight = self.embedding.word.embedding.weight
+            layout.tie_weights(self)
 
     def forward(self, input_ids, labels=None, loss_mask=None, seg=None, position_ids=None,
                 key_mask=None, kv_cache=None, isolate_segments=False):
-        """Logits [batch, seq, vocab], or (loss_sum, counted_tokens) when labels are given.
+        """What the target returns: logits [batch, seq, vocab], or (loss_sum,
+        counted_tokens) when labels are given (a list, one per target, if there are several).
 
         seg: document number per token (0 = padding) for ``causal_document`` masks.
         isolate_segments: packed examples; each attends and is positioned as if alone.
@@ -36,7 +43,10 @@ class Model(nn.Module):
         hidden = self.embedding(input_ids, position_ids, seg)
         hidden = self.encoder(hidden, seg=seg, position_ids=position_ids, key_mask=key_mask,
                               kv_cache=kv_cache, isolate_segments=isolate_segments)
-        return self.target.lm(hidden, labels, loss_mask)
+        if self.decoder is not None:
+            hidden = self.decoder(hidden, seg=seg)
+        outputs = [target(hidden, labels, loss_mask) for target in self.target.children()]
+        return outputs[0] if len(outputs) == 1 else outputs
 
     @torch.no_grad()
     def init_weights(self, std=0.02):

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from tencentpretrain.model_builder import build_model, check_state_dict, vocab_size_of
+from tencentpretrain.models import layout
 from tencentpretrain.training.errors import TrainingError
 from tencentpretrain.utils.files import atomic_path, read_json, write_text_atomic
 from tencentpretrain.utils.weights import LazyWeights, save_state_dict_file
@@ -150,8 +151,7 @@ def init_weights(model, zero3, rank, std=0.02):
         model.init_weights(std)
         return
     import deepspeed
-    blocks = [model.embedding, *model.encoder.transformer, model.encoder.layer_norm, model.target]
-    for block in [b for b in blocks if b is not None]:
+    for block in layout.blocks(model):
         with deepspeed.zero.GatheredParameters(list(block.parameters()), modifier_rank=0):
             if rank == 0:
                 type(model).init_weights(block, std)  # the model's own rule, on one block

@@ -12,6 +12,8 @@ import time
 
 import torch
 
+from tencentpretrain.models import layout
+
 # Dense bf16/fp16 tensor-core peaks, TFLOP/s per device (vendor datasheets).
 PEAK_TFLOPS = {"H200": 989, "H100": 989, "H800": 989, "H20": 148, "A100": 312, "A800": 312,
                "L40S": 362, "L40": 181, "A10": 125, "V100": 125, "4090": 165, "3090": 71}
@@ -24,7 +26,7 @@ def full_numel(param):
 
 def flops_per_token(model, seq_length):
     config = model.config
-    lookup = model.embedding.word.embedding.weight
+    lookup = layout.embedding_table(model).weight
     flops = 12 * config.layers_num * config.hidden_size * seq_length
     for param in {id(p): p for p in model.parameters()}.values():
         if len(getattr(param, "ds_shape", param.shape)) < 2:

@@ -17,6 +17,7 @@ from tencentpretrain.data import PROCESSORS, BatchIterator, Prefetcher, TokenDat
 from tencentpretrain.layers.lora import (adapter_names, inject_lora,
                                          keep_grad_through_checkpoints)
 from tencentpretrain.model_builder import build_model
+from tencentpretrain.models import layout
 from tencentpretrain.tokenizer import load_tokenizer
 from tencentpretrain.training import checkpointing as ckpt
 from tencentpretrain.training.engine import make_backend
@@ -156,11 +157,11 @@ def setup_model(backend, config, vocab_size, seed, weights, checkpoint_layers, m
         if adapter is not None:
             ckpt.load_weights(model, adapter, backend.zero3, backend.rank, names=set(adapter))
     if checkpoint_layers:
-        model.encoder.enable_activation_checkpointing(checkpoint_layers, backend.checkpoint_fn())
+        layout.enable_activation_checkpointing(model, checkpoint_layers, backend.checkpoint_fn())
         if lora is not None:
             keep_grad_through_checkpoints(model)
     if compile_layers:
-        for layer in model.encoder.transformer:
+        for layer in layout.layers(model):
             layer.compile()
     backend.prepare(model, multiplier)
     return model.train()

@@ -16,12 +16,11 @@ import torch
 
 from tencentpretrain.config import load_config
 from tencentpretrain.model_builder import build_model, check_state_dict
+from tencentpretrain.models.layout import EMBEDDING, OUTPUT
 from tencentpretrain.tokenizer import TokenizerError
 from tencentpretrain.utils.weights import WeightsError, load_state_dict_file, save_state_dict_file
 from tencentpretrain.vocab.spm_model import check_same_layout, load_processor, load_proto
 
-EMBEDDING = "embedding.word.embedding.weight"
-OUTPUT = "target.lm.output_layer.weight"
 INITS = ("subword_mean", "mean")
 WHITESPACE = "\u2581"
 

@@ -1,0 +1,47 @@
+"""The encoder interface: all that the trainer, checkpointing, LoRA and the layout module
+(``models/layout.py``) may ask of an encoder, and of a decoder, which implements it too.
+
+- ``layers()``: the repeated blocks in order (LoRA looks for its target linears in each,
+  ``--compile`` compiles each, ZeRO-3 initialises one at a time);
+- ``final_norm()``: the norm applied after the last layer, or None;
+- ``enable_activation_checkpointing(layers_per_checkpoint, checkpoint_fn)``: from then on
+  recompute every group of that many layers in backward while training.
+
+A module named in a config's ``"encoder"`` is built as ``cls(config)`` and called as
+``encoder(hidden, seg=, position_ids=, key_mask=, kv_cache=, isolate_segments=)`` ->
+hidden states [batch, seq, hidden].
+"""
+import torch
+import torch.nn as nn
+import torch.utils.checkpoint
+
+
+def torch_checkpoint(function, *args):
+    return torch.utils.checkpoint.checkpoint(function, *args, use_reentrant=False)
+
+
+class Encoder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.checkpoint_layers_num = 0
+        self.checkpoint_fn = torch_checkpoint
+
+    def layers(self):
+        raise NotImplementedError(f"{type(self).__name__}.layers()")
+
+    def final_norm(self):
+        return None
+
+    def enable_activation_checkpointing(self, layers_per_checkpoint=1, checkpoint_fn=None):
+        """Recompute every group of ``layers_per_checkpoint`` layers in backward.
+
+        ``checkpoint_fn(function, *tensors)`` defaults to torch's non-reentrant
+        checkpoint; pretrain.py passes DeepSpeed's under ``--deepspeed``.
+        """
+        self.checkpoint_layers_num = max(1, int(layers_per_checkpoint))
+        if checkpoint_fn is not None:
+            self.checkpoint_fn = checkpoint_fn
+
+    def checkpointing(self):
+        """Whether this forward recomputes its layers in backward."""
+        return bool(self.checkpoint_layers_num) and self.training and torch.is_grad_enabled()
