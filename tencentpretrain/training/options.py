@@ -15,6 +15,7 @@ from tencentpretrain.training.errors import TrainingError
 from tencentpretrain.training.logs import LEVELS, before_deepspeed_import
 from tencentpretrain.training.scheduler import SCHEDULERS
 from tencentpretrain.training.settings import Launch
+from tencentpretrain.training.validation import add_eval_arguments, check_eval_args
 from tencentpretrain.utils.optional import require
 
 
@@ -117,6 +118,7 @@ def build_parser():
                                "compile, later ones run faster).")
     parallel.add_argument("--local_rank", type=int, default=-1, help="Set by the launcher.")
     _add_lora_arguments(parser)
+    add_eval_arguments(parser)
     _add_deepspeed_arguments(parser)
     return parser
 
@@ -230,6 +232,7 @@ def check_args(args):
     if args.enable_zero3 and not args.deepspeed:
         raise TrainingError("--enable_zero3 needs --deepspeed (ZeRO-3 is DeepSpeed's)")
     _check_lora_args(args)
+    check_eval_args(args)
     ranks = Launch.from_environment().world_size
     if not args.deepspeed and ranks > 1:
         raise TrainingError(f"{ranks} ranks were launched without --deepspeed; "

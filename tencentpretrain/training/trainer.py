@@ -30,6 +30,7 @@ from tencentpretrain.training.options import check_args, lora_config
 from tencentpretrain.training.reporting import Reporter
 from tencentpretrain.training.scheduler import lr_multiplier, resume_schedule
 from tencentpretrain.training.settings import Launch, resolve, single_rank_environment
+from tencentpretrain.training.validation import Validator, best_weights_path
 
 
 def say(line):
@@ -37,8 +38,9 @@ def say(line):
 
 
 def check_data(args, dataset, tokenizer, config, vocab_size):
-    """The guards between the dataset and the tokenizer, model and options."""
-    path = args.dataset_path
+    """The guards between a dataset (training or held-out) and the tokenizer, model and
+    options."""
+    path = dataset.path
     if args.prefix_lm_loss and not dataset.has_prompt_lengths:
         raise TrainingError(f"--prefix_lm_loss: {path} has no prompt lengths (it is a "
                             f"{dataset.data_processor} dataset; make an alpaca one)")
@@ -97,6 +99,11 @@ def _train(args):
         weights, vocab_size = ckpt.open_pretrained(args.pretrained_model_path, config)
         base_fp = base_fingerprint(weights, config.tie_weights)
     check_data(args, dataset, tokenizer, config, vocab_size)
+    validator = None
+    if args.eval_dataset_path:  # the held-out set passes the same guards, before any work
+        eval_dataset = TokenDataset(args.eval_dataset_path)
+        check_data(args, eval_dataset, tokenizer, config, vocab_size)
+        validator = Validator(args, eval_dataset, settings.batch_size)
 
     lora, adapter = open_lora(args, config, vocab_size, base_fp) if args.use_lora else (None, None)
     record = ckpt.run_record(args.config_path, config, vocab_size, lora,
@@ -131,7 +138,8 @@ def _train(args):
 
     batches = Prefetcher(batches, pin_memory=backend.device.type == "cuda")
     try:
-        loop(args, settings, backend, model, batches, start_step, dataset.seq_length, record)
+        loop(args, settings, backend, model, batches, start_step, dataset.seq_length, record,
+             validator)
     finally:
         batches.close()
     backend.close()
@@ -289,7 +297,8 @@ def train_step(backend, micro_batches):
     return step_loss, counted, tokens, grad_norm
 
 
-def loop(args, settings, backend, model, batches, start_step, seq_length, record=None):
+def loop(args, settings, backend, model, batches, start_step, seq_length, record=None,
+         validator=None):
     reporter = Reporter(backend.rank, args.total_steps, start_step, args.tensorboard_dir)
     throughput = Throughput(flops_per_token(model, seq_length), backend.world_size,
                             peak_flops(args.peak_tflops))
@@ -313,9 +322,15 @@ def loop(args, settings, backend, model, batches, start_step, seq_length, record
                 reporter.report(step, window_loss / max(window_tokens, 1), lr, float(grad_norm),
                                 tokens_per_s, mfu)
                 window_loss, window_tokens = 0.0, 0
+            if validator is not None and validator.due(step):
+                if validator.run(backend, model, step, reporter) and args.save_best:
+                    write_weights(args, backend, model, best_weights_path(
+                        args.output_model_path), record)
+                    validator.saved_best(backend.rank)
             if step % args.save_checkpoint_steps == 0 or step == args.total_steps:
                 save(args, backend, model, batches, step, reporter, record)
-        reporter.summary(args.total_steps, output_paths(args))
+        reporter.summary(args.total_steps,
+                         output_paths(args) + (validator.summary() if validator else []))
     finally:
         reporter.close()
 
@@ -338,11 +353,11 @@ def output_paths(args):
     return paths
 
 
-def save(args, backend, model, batches, step, reporter, record=None):
-    """Consolidated weights, then the resumable checkpoint, then ``latest``. ``record``:
-    what the run was started from (``checkpointing.run_record``), checked on resume."""
-    path = ckpt.weights_path(args.output_model_path, step)
-    if args.use_lora:  # the adapter (and modules_to_save) only: the base is unchanged
+def write_weights(args, backend, model, path, record=None):
+    """The consolidated weights at ``path`` (every rank calls: ZeRO-3 gathers), or under
+    --use_lora the adapter (and modules_to_save) only, the base being unchanged; returns what
+    rank 0 wrote."""
+    if args.use_lora:
         state = ckpt.consolidated_state_dict(model, backend.zero3, backend.rank,
                                              names=set(adapter_names(model)))
         base = record["base"] if record else {"path": None, "fingerprint": None}
@@ -351,6 +366,14 @@ def save(args, backend, model, batches, step, reporter, record=None):
                                 base_record(base["path"], base["fingerprint"]))
     else:
         ckpt.save_weights(model, path, backend.zero3, backend.rank)
+    return path
+
+
+def save(args, backend, model, batches, step, reporter, record=None):
+    """Consolidated weights, then the resumable checkpoint, then ``latest``. ``record``:
+    what the run was started from (``checkpointing.run_record``), checked on resume."""
+    path = write_weights(args, backend, model, ckpt.weights_path(args.output_model_path, step),
+                         record)
     directory, tag = ckpt.checkpoints_dir(args.output_model_path), ckpt.tag_of(step)
     state = {"step": step, "world_size": backend.world_size, "data": batches.state_dict(),
              "rng": ckpt.rng_state(), "schedule": schedule_options(args)}
