@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from tencentpretrain.layers.kv_cache import KVCache
+from tencentpretrain.models import layout
 
 
 @dataclass
@@ -85,8 +86,9 @@ def encode_question(tokenizer, prefix_ids, prompt_text, continuation_texts):
 
 
 def hidden_states(model, input_ids, kv_cache=None):
-    """``Model.forward`` short of the LM head: scoring needs a few positions' logits."""
-    return model.encoder(model.embedding(input_ids), kv_cache=kv_cache)
+    """``Model.forward`` short of its target: scoring needs a few positions' logits."""
+    hidden = model.encoder(model.embedding(input_ids), kv_cache=kv_cache)
+    return hidden if model.decoder is None else model.decoder(hidden)
 
 
 class SharedPrefix:
@@ -170,7 +172,7 @@ class ChoiceScorer:
                     targets.append(token)
                     owners.append((b, n))
         b_index, p_index = (torch.tensor(x, device=self.device) for x in zip(*where))
-        logits = self.model.target.lm.output_layer(hidden[b_index, p_index]).float()
+        logits = layout.output_layer(self.model)(hidden[b_index, p_index]).float()
         rows_index = torch.arange(len(targets), device=self.device)
         picked = logits.log_softmax(dim=-1)[rows_index, torch.tensor(targets, device=self.device)]
         picked = picked.tolist()
