@@ -133,6 +133,15 @@ def test_save_best_keeps_the_best_weights_through_pruning(tmp_path, held_out, ca
     assert evaluate_ppl(out + "-best", held_out) == pytest.approx(losses[best_step], rel=1e-5)
 
 
+def test_save_best_under_lora_keeps_the_adapter(tmp_path, held_out, capsys):
+    out = str(tmp_path / "m")
+    run_in_process(pretrain_argv(out, steps=2, save=2, batch=2, extra=[
+        "--use_lora", "--eval_dataset_path", held_out, "--eval_steps", "1", "--save_best"]))
+    log = capsys.readouterr().out
+    assert f"best adapter   {out}-best.safetensors + {out}-best.json (step" in log
+    assert os.path.isfile(out + "-best.safetensors") and os.path.isfile(out + "-best.eval.json")
+
+
 def test_eval_batches_split_ranks_and_pad_the_last_global_batch(held_out):
     dataset = TokenDataset(held_out)
     n = len(dataset)
