@@ -39,12 +39,6 @@ def eval_losses(log):
     return {int(step): float(loss) for step, loss, _ in found}
 
 
-def train_losses(log):
-    """{step: loss} of the training report lines (logged_losses would read eval lines too)."""
-    return logged_losses("\n".join(line for line in log.splitlines()
-                                   if not line.startswith("eval |")))
-
-
 def evaluate_ppl(weights, dataset, *extra):
     """The loss inference/evaluate_ppl.py prints for ``weights`` on ``dataset`` (its main, in
     this process: a new interpreter per call would double the test's time)."""
@@ -71,7 +65,7 @@ def runs(tmp_path_factory, held_out):
 
 
 def test_training_losses_are_the_same_with_and_without_evaluation(runs):
-    plain, evaluated = train_losses(runs["plain"][1]), train_losses(runs["eval"][1])
+    plain, evaluated = logged_losses(runs["plain"][1]), logged_losses(runs["eval"][1])
     assert sorted(plain) == list(range(1, 7)) and evaluated == plain  # exactly
     log = runs["eval"][1]
     losses = eval_losses(log)

@@ -118,4 +118,5 @@ def free_port():
 
 def logged_losses(text):
     """{step: loss} from pretrain.py's report lines."""
-    return {int(s): float(l) for s, l in re.findall(r"step\s+(\d+)(?:/\d+)? \| loss ([0-9.]+)", text)}
+    return {int(s): float(l) for s, l in
+            re.findall(r"^step\s+(\d+)(?:/\d+)? \| loss ([0-9.]+)", text, re.M)}
