@@ -43,6 +43,13 @@ class ModelConfig:
     qkv_bias: bool = False  # biases on q/k/v only (Qwen2), whatever remove_transformer_bias says
     rope_scaling: dict = None  # {"rope_type": "linear" | "llama3", "factor": ..., ...}
     sliding_window: int = None  # attend to at most this many most recent positions (Mistral)
+    # encoder-decoder (T5, docs/t5.md); saved configs carry these only when set (T5_KEYS)
+    decoder_layers_num: int = None  # decoder layers (default: layers_num)
+    attention_head_size: int = None  # per head (default: hidden_size / heads_num)
+    remove_attention_scale: bool = False  # no 1/sqrt(head size) on the scores (T5)
+    relative_position_embedding: bool = False  # T5's relative position bias, bucketed
+    relative_attention_buckets_num: int = 32
+    relative_attention_max_distance: int = 128
     source: str = "<dict>"  # where the config came from, for error messages
 
     @property
@@ -51,21 +58,34 @@ class ModelConfig:
 
     @property
     def head_dim(self):
-        return self.hidden_size // self.heads_num
+        return self.attention_head_size or self.hidden_size // self.heads_num
+
+    @property
+    def decoder_layers(self):
+        return self.decoder_layers_num or self.layers_num
 
 
 # Keys TencentPretrain configs carry that do not change the model we build.
 _IGNORED_KEYS = {"tgt_embedding", "tgt_vocab_size", "parameters_sharing",
                  "has_residual_attention", "share_embedding", "is_moe", "use_alibi"}
 _BOOL_KEYS = {"remove_transformer_bias", "remove_embedding_layernorm",
-              "rotary_position_embedding", "tie_weights", "qkv_bias"}
+              "rotary_position_embedding", "tie_weights", "qkv_bias", "remove_attention_scale",
+              "relative_position_embedding"}
 _INT_KEYS = {"emb_size", "hidden_size", "feedforward_size", "heads_num", "layers_num",
-             "max_seq_length", "local_kv_heads_num", "sliding_window"}
+             "max_seq_length", "local_kv_heads_num", "sliding_window", "decoder_layers_num",
+             "attention_head_size", "relative_attention_buckets_num",
+             "relative_attention_max_distance"}
 _FLOAT_KEYS = {"dropout", "rope_theta", "layernorm_eps"}
 _STR_KEYS = {"encoder", "decoder", "mask", "feed_forward", "layernorm",
              "layernorm_positioning", "hidden_act"}
 _LIST_KEYS = {"embedding", "target"}
-_OPTIONAL_KEYS = {"local_kv_heads_num", "sliding_window", "rope_scaling"}
+_OPTIONAL_KEYS = {"local_kv_heads_num", "sliding_window", "rope_scaling", "decoder_layers_num",
+                  "attention_head_size"}
+# Encoder-decoder keys: written by save_config only when they differ from the default, so a
+# decoder-only config saves exactly as before they existed.
+T5_KEYS = {"decoder_layers_num", "attention_head_size", "remove_attention_scale",
+           "relative_position_embedding", "relative_attention_buckets_num",
+           "relative_attention_max_distance"}
 # Required numbers of each RoPE scaling type (the names Hugging Face configs use).
 ROPE_SCALING_KEYS = {
     "linear": ("factor",),
@@ -145,7 +165,7 @@ def config_from_dict(raw, source="<dict>"):
             raise ConfigError(f'unknown key "{key}" in {source}; known: {", ".join(sorted(known))}')
         values[key] = _check_type(key, value, source)
     cfg = ModelConfig(source=source, **values)
-    if cfg.hidden_size % cfg.heads_num:
+    if cfg.hidden_size % cfg.heads_num and not cfg.attention_head_size:
         raise ConfigError(f'"hidden_size" {cfg.hidden_size} is not divisible by "heads_num" '
                           f"{cfg.heads_num} in {source}")
     if cfg.heads_num % cfg.kv_heads_num:
@@ -172,7 +192,9 @@ def load_config(path):
 def save_config(config, path):
     """Write a ModelConfig (or a plain dict of config keys) as a JSON model config."""
     if isinstance(config, ModelConfig):
-        config = {f.name: getattr(config, f.name) for f in fields(ModelConfig) if f.name != "source"}
+        config = {f.name: getattr(config, f.name) for f in fields(ModelConfig)
+                  if f.name != "source"
+                  and not (f.name in T5_KEYS and getattr(config, f.name) == f.default)}
     with open(path, "w", encoding="utf-8") as f:
         json.dump(config, f, indent=2)
         f.write("\n")

@@ -30,9 +30,9 @@ def write_config(tmp_path, **changes):
     ("target", ["mlm"], 'unknown target "mlm" in {}; known: lm'),
     ("layernorm", "rmsnorm", 'unknown layernorm "rmsnorm" in {}; known: normal, rms'),
     ("feed_forward", "swiglu", 'unknown feed_forward "swiglu" in {}; known: dense, gated'),
-    ("mask", "fully", 'unknown mask "fully" in {}; known: causal, causal_document'),
+    ("mask", "fully", 'unknown mask "fully" in {}; known: causal, causal_document, fully_visible'),
     ("hidden_act", "swish", 'unknown hidden_act "swish" in {}; known: gelu, gelu_fast, relu, silu'),
-    ("decoder", "transformer", 'unknown decoder "transformer" in {}; known: (none)'),
+    ("decoder", "transfromer", 'unknown decoder "transfromer" in {}; known: transformer'),
 ])
 def test_unknown_module_names(tmp_path, key, value, message):
     path = write_config(tmp_path, **{key: value})

@@ -4,6 +4,7 @@
 - ``layers()``: the repeated blocks in order (LoRA looks for its target linears in each,
   ``--compile`` compiles each, ZeRO-3 initialises one at a time);
 - ``final_norm()``: the norm applied after the last layer, or None;
+- ``shared_modules()``: modules every layer uses (T5's relative position bias), or [];
 - ``enable_activation_checkpointing(layers_per_checkpoint, checkpoint_fn)``: from then on
   recompute every group of that many layers in backward while training.
 
@@ -31,6 +32,9 @@ class Encoder(nn.Module):
 
     def final_norm(self):
         return None
+
+    def shared_modules(self):
+        return []
 
     def enable_activation_checkpointing(self, layers_per_checkpoint=1, checkpoint_fn=None):
         """Recompute every group of ``layers_per_checkpoint`` layers in backward.

@@ -7,10 +7,11 @@ activations are recomputed in backward instead of kept.
 import torch
 import torch.nn as nn
 
+from tencentpretrain.data.packing import positions
 from tencentpretrain.encoders.base import Encoder
 from tencentpretrain.layers import str2layernorm
-from tencentpretrain.layers.masks import (DocumentSpans, causal_document_mask,
-                                          document_block_mask, document_positions, str2mask)
+from tencentpretrain.layers.masks import attention_mask, isolates, isolation_kind, str2mask
+from tencentpretrain.layers.relative_position import RelativePositionEmbedding, add_bias
 from tencentpretrain.layers.rotary import rotary_rotations
 from tencentpretrain.layers.transformer import TransformerLayer
 
@@ -20,6 +21,12 @@ class TransformerEncoder(Encoder):
         super().__init__()
         self.config = config
         self.make_mask = str2mask[config.mask]
+        self.relative_pos_emb = None  # T5: bidirectional buckets, shared by every layer
+        if config.relative_position_embedding:
+            self.relative_pos_emb = RelativePositionEmbedding(
+                config.heads_num, bidirectional=True,
+                num_buckets=config.relative_attention_buckets_num,
+                max_distance=config.relative_attention_max_distance)
         self.transformer = nn.ModuleList(
             [TransformerLayer(config, i) for i in range(config.layers_num)])
         self.layer_norm = None
@@ -37,11 +44,11 @@ class TransformerEncoder(Encoder):
     def final_norm(self):
         return self.layer_norm
 
+    def shared_modules(self):
+        return [self.relative_pos_emb] if self.relative_pos_emb is not None else []
+
     def isolation_kind(self, hidden):
-        kind = self.isolation or ("block_mask" if hidden.is_cuda else "spans")
-        if kind == "block_mask" and self.config.dropout and self.training:
-            return "spans"  # FlexAttention has no attention dropout
-        return kind
+        return isolation_kind(self.isolation, hidden.device, bool(self.config.dropout) and self.training)
 
     def forward(self, hidden, seg=None, position_ids=None, key_mask=None, kv_cache=None,
                 isolate_segments=False):
@@ -49,24 +56,21 @@ class TransformerEncoder(Encoder):
         the config's mask; ``causal_document`` configs isolate whenever ``seg`` is given."""
         batch, seq, _ = hidden.shape
         past = kv_cache.length if kv_cache is not None else 0
-        isolated = seg is not None and (isolate_segments or self.make_mask is causal_document_mask)
-        if position_ids is None and isolated:
-            position_ids = document_positions(seg)
-        elif position_ids is None:
-            position_ids = torch.arange(past, past + seq, device=hidden.device).expand(batch, seq)
+        isolated = isolates(self.make_mask, seg, isolate_segments)
+        if position_ids is None:
+            position_ids = positions(batch, seq, past, hidden.device, seg, isolated)
         rotary = None
         if self.config.rotary_position_embedding:
             rotary = rotary_rotations(position_ids, self.config.head_dim, self.config.rope_theta,
                                       hidden.device, self.config.rope_scaling)
-        kind = self.isolation_kind(hidden) if isolated and past == 0 and key_mask is None else "dense"
-        if kind == "block_mask":
-            attn_mask, is_causal = document_block_mask(seg, self.config.sliding_window), False
-        elif kind == "spans":
-            attn_mask, is_causal = DocumentSpans(seg, self.config.sliding_window), False
-        else:
-            make_mask = causal_document_mask if isolated else self.make_mask
-            attn_mask, is_causal = make_mask(batch, seq, past, hidden.device, seg=seg,
-                                             key_mask=key_mask, window=self.config.sliding_window)
+        attn_mask, is_causal = attention_mask(
+            self.make_mask, batch, seq, past, hidden.device, seg=seg, key_mask=key_mask,
+            window=self.config.sliding_window, isolated=isolated,
+            kind=self.isolation_kind(hidden) if isolated else "dense")
+        if self.relative_pos_emb is not None:  # the mask becomes additive: bias, -inf
+            bias = self.relative_pos_emb(seq, past + seq, past, hidden.device).to(hidden.dtype)
+            attn_mask, is_causal = add_bias(bias, _dense(attn_mask, is_causal, seq, past,
+                                                         hidden.device)), False
 
         layers = list(self.transformer)
         if self.checkpointing():
@@ -85,3 +89,13 @@ class TransformerEncoder(Encoder):
         if self.layer_norm is not None:
             hidden = self.layer_norm(hidden)
         return hidden
+
+
+def _dense(attn_mask, is_causal, seq, past, device):
+    """A mask's boolean form (None: everything visible) to combine with a position bias."""
+    if is_causal and attn_mask is None:
+        key = torch.arange(past + seq, device=device)
+        return (key[None, :] <= key[past:, None])[None, None]
+    if attn_mask is not None and not torch.is_tensor(attn_mask):
+        raise ValueError("relative position bias cannot combine with packed-sample masks")
+    return attn_mask

@@ -6,9 +6,13 @@
 - ``causal_document``: causal, and a position sees only tokens of its own packed
   document (``seg`` holds the document number of each token, 0 for padding), so
   packed pre-training samples do not attend across document boundaries. Position ids
-  then restart at 0 for every document (``document_positions``), so each document
+  then restart at 0 for every document (``data/packing.positions``), so each document
   sees the mask and the rotary angles it would see alone. Packed instruction samples
   (``preprocess.py --packing``) always get both, whatever the config's mask.
+
+``isolates`` says whether a forward's examples are isolated and ``attention_mask`` decides,
+for every forward, how it attends (the only place that does): ``(mask, is_causal)`` for every
+layer, isolated examples by ``isolation_kind``.
 
 With ``sliding_window`` W (Mistral) a query also sees at most the W most recent
 positions, itself included, in training and in cached generation alike; while the
@@ -23,6 +27,10 @@ between examples, so it costs the sum of squared example lengths rather than seq
 Each query always sees itself, so a padded row never becomes an all-False row (NaN).
 """
 import torch
+
+from tencentpretrain.data.packing import document_positions, run_starts  # noqa: F401 (re-exported)
+
+ISOLATION_KINDS = ("dense", "spans", "block_mask")
 
 
 def _causal(batch, seq, past, device, window=None):
@@ -95,18 +103,43 @@ class DocumentSpans:
         return self._window_masks[length]
 
 
-def run_starts(seg):
-    """True where a run of equal ``seg`` begins (a new document or example; a run of padding
-    counts as one): the first position, and wherever ``seg`` changes."""
-    opens = torch.ones_like(seg, dtype=torch.bool)
-    opens[..., 1:] = seg[..., 1:] != seg[..., :-1]
-    return opens
+def isolates(make_mask, seg, isolate_segments=False):
+    """Whether each example (run of ``seg``) attends and is positioned as if alone: packed
+    batches (``isolate_segments``), and ``causal_document`` configs whenever ``seg`` is given."""
+    return seg is not None and (isolate_segments or make_mask is causal_document_mask)
 
 
-def document_positions(seg):
-    """Position ids [batch, seq] that restart at 0 at every ``run_starts``."""
-    index = torch.arange(seg.shape[-1], device=seg.device).expand_as(seg)
-    return index - torch.where(run_starts(seg), index, 0).cummax(-1).values
+def isolation_kind(chosen, device, attention_dropout=False):
+    """How isolated examples attend: ``chosen`` (one of ISOLATION_KINDS) or, None, by device:
+    block_mask on CUDA, spans elsewhere (FlexAttention has no CPU backward); spans instead of
+    block_mask while attention dropout applies (FlexAttention has none)."""
+    kind = chosen or ("block_mask" if torch.device(device).type == "cuda" else "spans")
+    return "spans" if kind == "block_mask" and attention_dropout else kind
 
 
-str2mask = {"causal": causal_mask, "causal_document": causal_document_mask}
+def attention_mask(make_mask, batch, seq, past=0, device=None, seg=None, key_mask=None,
+                   window=None, isolated=False, kind="dense"):
+    """``(mask, is_causal)`` of one forward: isolated whole samples (no cache, no key mask)
+    by ``kind`` (``isolation_kind``), anything else by ``make_mask`` (the config's mask), or
+    ``causal_document`` when isolated."""
+    if isolated and past == 0 and key_mask is None:
+        if kind == "block_mask":
+            return document_block_mask(seg, window), False
+        if kind == "spans":
+            return DocumentSpans(seg, window), False
+    make_mask = causal_document_mask if isolated else make_mask
+    return make_mask(batch, seq, past, device, seg=seg, key_mask=key_mask, window=window)
+
+
+def fully_visible_mask(batch, seq, past=0, device=None, seg=None, key_mask=None, window=None):
+    """Bidirectional (an encoder's, T5): every query sees every real key; the real keys are
+    ``key_mask`` [batch, keys], else ``seg`` > 0, else all (no mask). [batch, 1, 1, keys]."""
+    if key_mask is None and seg is not None:
+        key_mask = seg > 0
+    if key_mask is None or bool(key_mask.all()):
+        return None, False
+    return key_mask[:, None, None, :].bool(), False
+
+
+str2mask = {"causal": causal_mask, "causal_document": causal_document_mask,
+            "fully_visible": fully_visible_mask}

@@ -18,20 +18,39 @@ from tencentpretrain.layers.rotary import apply_rotary
 
 class MultiHeadedAttention(nn.Module):
     def __init__(self, hidden_size, heads_num, kv_heads_num, dropout, has_bias, layer_index,
-                 qkv_bias=False):
+                 qkv_bias=False, head_dim=None, remove_scale=False):
         super().__init__()
         self.heads_num = heads_num
         self.kv_heads_num = kv_heads_num
-        self.head_dim = hidden_size // heads_num
+        self.head_dim = head_dim or hidden_size // heads_num  # T5 v1.1-small: 6 x 64 != 512
         self.layer_index = layer_index
         self.dropout = dropout
-        kv_size = kv_heads_num * self.head_dim
+        self.scale = 1.0 if remove_scale else None  # None: SDPA's 1/sqrt(head_dim); T5: 1
+        q_size, kv_size = heads_num * self.head_dim, kv_heads_num * self.head_dim
         self.linear_layers = nn.ModuleList([
-            nn.Linear(hidden_size, hidden_size, bias=has_bias or qkv_bias),
+            nn.Linear(hidden_size, q_size, bias=has_bias or qkv_bias),
             nn.Linear(hidden_size, kv_size, bias=has_bias or qkv_bias),
             nn.Linear(hidden_size, kv_size, bias=has_bias or qkv_bias),
         ])
-        self.final_linear = nn.Linear(hidden_size, hidden_size, bias=has_bias)
+        self.final_linear = nn.Linear(q_size, hidden_size, bias=has_bias)
+
+    def memory_kv(self, memory):
+        """Keys and values [batch, kv_heads, keys, head_dim] of ``memory`` (cross-attention:
+        the encoder's output), computed once per source and reused at every decoding step."""
+        batch, keys, _ = memory.shape
+        return tuple(linear(memory).view(batch, keys, -1, self.head_dim).transpose(1, 2)
+                     for linear in self.linear_layers[1:])
+
+    def cross(self, x, memory_kv, attn_mask=None):
+        """Cross-attention of x [batch, seq, hidden] over ``memory_kv``; attn_mask broadcasts
+        to [batch, heads, seq, keys] (bool: True = attend, or additive float)."""
+        batch, seq, _ = x.shape
+        q = self.linear_layers[0](x).view(batch, seq, -1, self.head_dim).transpose(1, 2)
+        k, v = memory_kv
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0,
+            enable_gqa=self.kv_heads_num != self.heads_num, scale=self.scale)
+        return self.final_linear(out.transpose(1, 2).reshape(batch, seq, -1))
 
     def forward(self, x, rotary=None, attn_mask=None, is_causal=False, kv_cache=None):
         """x: [batch, seq, hidden]; attn_mask: bool [batch, 1, seq, keys] (True = attend)."""
@@ -47,12 +66,12 @@ class MultiHeadedAttention(nn.Module):
             out = span_attention(q, k, v, attn_mask, dropout, gqa)
         elif attn_mask is not None and not torch.is_tensor(attn_mask):  # a FlexAttention BlockMask
             out = flex_attention()(q, k, v, block_mask=attn_mask, enable_gqa=gqa)
-        elif is_causal and attn_mask is None and k.shape[2] == seq:
+        elif is_causal and attn_mask is None and k.shape[2] == seq and self.scale is None:
             out = causal_attention(q, k, v, dropout, gqa)
-        else:
+        else:  # attn_mask may be additive (float): T5's position bias
             out = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=attn_mask, is_causal=is_causal and attn_mask is None,
-                dropout_p=dropout, enable_gqa=gqa)
+                dropout_p=dropout, enable_gqa=gqa, scale=self.scale)
         return self.final_linear(out.transpose(1, 2).reshape(batch, seq, -1))
 
 

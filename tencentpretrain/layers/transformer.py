@@ -16,7 +16,8 @@ class TransformerLayer(nn.Module):
         self.pre_norm = config.layernorm_positioning == "pre"
         self.self_attn = MultiHeadedAttention(config.hidden_size, config.heads_num,
                                               config.kv_heads_num, config.dropout, has_bias,
-                                              layer_index, config.qkv_bias)
+                                              layer_index, config.qkv_bias, config.head_dim,
+                                              config.remove_attention_scale)
         self.feed_forward = str2feedforward[config.feed_forward](
             config.hidden_size, config.feedforward_size, str2act[config.hidden_act], has_bias)
         norm = str2layernorm[config.layernorm]

@@ -89,7 +89,7 @@ def blocks(model):
     each layer and final norm of each stack, the targets (ZeRO-3 initialises one at a time)."""
     parts = [model.embedding]
     for stack in stacks(model):
-        parts += [*stack.layers(), stack.final_norm()]
+        parts += [*stack.shared_modules(), *stack.layers(), stack.final_norm()]
     return [part for part in parts + [model.target] if part is not None]
 
 
@@ -187,13 +187,102 @@ class HFLayout:
         return ours
 
 
+# ---- Hugging Face T5 family (T5ForConditionalGeneration: T5, T5 v1.1, Flan-T5) ----
+
+DECODER_LAYERS = "decoder.transformer_decoder"  # decoder layer N is DECODER_LAYERS.N
+DECODER_NORM = "decoder.layer_norm.weight"
+ENCODER_POSITION_BIAS = "encoder.relative_pos_emb.relative_attention_bias.weight"
+DECODER_POSITION_BIAS = "decoder.self_pos_emb.relative_attention_bias.weight"
+# Our cross-attention linears (decoder layers), by short name.
+CROSS_LINEARS = {"q": "context_attn.linear_layers.0", "k": "context_attn.linear_layers.1",
+                 "v": "context_attn.linear_layers.2", "o": "context_attn.final_linear"}
+
+
+def decoder_layer_name(i, name=""):
+    return f"{DECODER_LAYERS}.{i}.{name}" if name else f"{DECODER_LAYERS}.{i}"
+
+
+_T5_ATTENTION = {"q": "q", "k": "k", "v": "v", "o": "o"}
+_T5_FFN = {"dense": {"up": "wi", "down": "wo"}, "gated": {"gate": "wi_0", "up": "wi_1", "down": "wo"}}
+_T5_GLOBAL = {EMBEDDING: "shared.weight", NORM: "encoder.final_layer_norm.weight",
+              DECODER_NORM: "decoder.final_layer_norm.weight", OUTPUT: "lm_head.weight",
+              ENCODER_POSITION_BIAS:
+                  "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
+              DECODER_POSITION_BIAS:
+                  "decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"}
+# Aliases of shared.weight that HF state dicts may hold, and a tensor old HF T5 checkpoints
+# carry that no model reads (transformers ignores it too).
+_T5_ALIASES = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
+_T5_UNUSED = ("decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight",)
+
+
+class T5HFLayout:
+    """HF T5 names (``encoder.block.N.layer.M.*``) <-> ours; no rows permuted (no rotary)."""
+    family = "t5"
+
+    def pairs(self, config):
+        """(our name, HF name) of every tensor of ``config``'s model, output layer included."""
+        ffn = _T5_FFN[config.feed_forward]
+        for ours, hf in _T5_GLOBAL.items():
+            if (config.tie_weights and ours == OUTPUT) or (
+                    not config.relative_position_embedding and hf.endswith("_bias.weight")):
+                continue
+            yield ours, hf
+        for i in range(config.layers_num):
+            hf = f"encoder.block.{i}.layer"
+            for short, name in _T5_ATTENTION.items():
+                yield layer_name(i, f"{LINEARS[short]}.weight"), f"{hf}.0.SelfAttention.{name}.weight"
+            yield layer_name(i, "layer_norm_1.weight"), f"{hf}.0.layer_norm.weight"
+            for short, name in ffn.items():
+                yield layer_name(i, f"{LINEARS[short]}.weight"), f"{hf}.1.DenseReluDense.{name}.weight"
+            yield layer_name(i, "layer_norm_2.weight"), f"{hf}.1.layer_norm.weight"
+        for i in range(config.decoder_layers):
+            hf = f"decoder.block.{i}.layer"
+            for short, name in _T5_ATTENTION.items():
+                yield (decoder_layer_name(i, f"{LINEARS[short]}.weight"),
+                       f"{hf}.0.SelfAttention.{name}.weight")
+                yield (decoder_layer_name(i, f"{CROSS_LINEARS[short]}.weight"),
+                       f"{hf}.1.EncDecAttention.{name}.weight")
+            yield decoder_layer_name(i, "layer_norm_1.weight"), f"{hf}.0.layer_norm.weight"
+            yield decoder_layer_name(i, "layer_norm_2.weight"), f"{hf}.1.layer_norm.weight"
+            for short, name in ffn.items():
+                yield (decoder_layer_name(i, f"{LINEARS[short]}.weight"),
+                       f"{hf}.2.DenseReluDense.{name}.weight")
+            yield decoder_layer_name(i, "layer_norm_3.weight"), f"{hf}.2.layer_norm.weight"
+
+    def to_hf(self, state, config):
+        return {hf: state[ours].contiguous() for ours, hf in self.pairs(config)}
+
+    def from_hf(self, hf_state, config, source="Hugging Face checkpoint"):
+        ours, used = {}, set()
+        for name, hf_name in self.pairs(config):
+            if hf_name not in hf_state:
+                if name == OUTPUT:
+                    raise WeightsError(f"{source} has no {hf_name}, and the config does not "
+                                       "tie it to the embedding")
+                raise WeightsError(f"{source} has no tensor {hf_name}")
+            ours[name] = hf_state[hf_name]
+            used.add(hf_name)
+        if config.tie_weights:
+            used.add(_T5_GLOBAL[OUTPUT])  # an alias of shared.weight where present
+        unknown = sorted(k for k in hf_state
+                         if k not in used and k not in _T5_ALIASES and k not in _T5_UNUSED)
+        if unknown:
+            raise WeightsError(f"{source}: tensor {unknown[0]} has no place in the converted "
+                               f"model ({len(unknown)} such tensors); refusing to drop it")
+        return ours
+
+
 HF_FAMILIES = {"llama": HFLayout("llama", _HF_LAYER),
                "mistral": HFLayout("mistral", _HF_LAYER),
-               "qwen2": HFLayout("qwen2", {**_HF_LAYER, **_HF_QKV_BIAS})}
+               "qwen2": HFLayout("qwen2", {**_HF_LAYER, **_HF_QKV_BIAS}),
+               "t5": T5HFLayout()}
 
 
 def hf_family_of(config):
     """The HF family whose names fit ``config`` (hf_llama.hf_family refuses what none fits)."""
+    if config.decoder:
+        return "t5"
     if config.qkv_bias:
         return "qwen2"
     return "mistral" if config.sliding_window else "llama"

@@ -32,19 +32,41 @@ class Model(nn.Module):
             layout.tie_weights(self)
 
     def forward(self, input_ids, labels=None, loss_mask=None, seg=None, position_ids=None,
-                key_mask=None, kv_cache=None, isolate_segments=False):
+                key_mask=None, kv_cache=None, isolate_segments=False, tgt_ids=None):
         """What the target returns: logits [batch, seq, vocab], or (loss_sum,
         counted_tokens) when labels are given (a list, one per target, if there are several).
 
         seg: document number per token (0 = padding) for ``causal_document`` masks.
         isolate_segments: packed examples; each attends and is positioned as if alone.
         position_ids / key_mask / kv_cache: incremental decoding of left-padded batches.
+        tgt_ids: the decoder's input (encoder-decoder configs, T5): ``input_ids`` is the
+        source (``seg`` > 0 or ``key_mask`` marks its real tokens), labels the target.
         """
+        if tgt_ids is not None:
+            memory = self.encode(input_ids, seg=seg, key_mask=key_mask)
+            return self.decode(memory, tgt_ids, seg=seg, key_mask=key_mask, labels=labels,
+                               loss_mask=loss_mask)
         hidden = self.embedding(input_ids, position_ids, seg)
         hidden = self.encoder(hidden, seg=seg, position_ids=position_ids, key_mask=key_mask,
                               kv_cache=kv_cache, isolate_segments=isolate_segments)
         if self.decoder is not None:
             hidden = self.decoder(hidden, seg=seg)
+        outputs = [target(hidden, labels, loss_mask) for target in self.target.children()]
+        return outputs[0] if len(outputs) == 1 else outputs
+
+    def encode(self, input_ids, seg=None, key_mask=None):
+        """Encoder-decoder: the encoder's output for the source ids (run once per source)."""
+        return self.encoder(self.embedding(input_ids, None, seg), seg=seg, key_mask=key_mask)
+
+    def decode(self, memory, tgt_ids, seg=None, key_mask=None, kv_cache=None, labels=None,
+               loss_mask=None):
+        """Encoder-decoder: the targets on the decoder's output for ``tgt_ids`` over
+        ``memory``; the decoder's input is embedded by the shared (encoder's) embedding.
+        kv_cache: the decoder's ``new_cache`` (incremental decoding)."""
+        if key_mask is None and seg is not None:
+            key_mask = seg > 0
+        hidden = self.decoder(memory, tgt=self.embedding(tgt_ids), memory_mask=key_mask,
+                              kv_cache=kv_cache)
         outputs = [target(hidden, labels, loss_mask) for target in self.target.children()]
         return outputs[0] if len(outputs) == 1 else outputs
 
