@@ -2,6 +2,7 @@
 import numpy as np
 
 from .format import DatasetError
+from .packing import positions
 
 
 def epoch_order(num_samples, seed, epoch, shuffle=True):
@@ -38,12 +39,11 @@ def collate(samples, pad_id, prefix_lm_loss=False, pad_to=None):
 
     Packed samples (``example_prompts`` set) hold several examples: each gets the mask an
     example alone would get (no label crosses into the next example), and the batch adds
-    ``position_ids`` restarting per example and ``isolate_segments=True``, so the model keeps
-    every example to its own attention window.
+    ``position_ids`` restarting per example (``packing.positions``, which the model would
+    make alike) and ``isolate_segments=True``, so the model keeps every example to its own
+    attention window.
     """
     import torch  # here, so that preprocessing never pays for importing torch
-
-    from tencentpretrain.layers.masks import document_positions
 
     width = max(max(len(s.tokens) for s in samples) - 1, 1) if pad_to is None else pad_to
     shape = (len(samples), width)
@@ -67,7 +67,7 @@ def collate(samples, pad_id, prefix_lm_loss=False, pad_to=None):
     batch = {name: torch.from_numpy(array) for name, array in
              (("input_ids", input_ids), ("labels", labels), ("loss_mask", loss_mask), ("seg", seg))}
     if any(sample.example_prompts is not None for sample in samples):
-        batch["position_ids"] = document_positions(batch["seg"])
+        batch["position_ids"] = positions(*shape, seg=batch["seg"], isolated=True)
         batch["isolate_segments"] = True
     return batch
 

@@ -281,8 +281,9 @@ def preprocess(corpus_path, spm_model_path, dataset_path, data_processor="lm", s
             reasons = skip_reasons(skipped, seq_length_to_keep, "{n} {why}") or "nothing"
             raise CorpusError(f"{corpus_path}: empty corpus (no usable "
                               f"{processor.noun[:-1]}; skipped: {reasons})")
-        writer = ShardWriter(staging, dtype, processor.with_prompts, shard_tokens, packing,
-                             processor.with_mask)
+        holds = processor.holds(packing)
+        writer = ShardWriter(staging, dtype, holds["prompt_lengths"], shard_tokens, holds["packed"],
+                             holds["loss_mask"])
         shards = processor.assemble([task.prefix for task in tasks], writer, tasks[0], staging)
         shutil.rmtree(os.path.join(staging, "parts"))
         for shard in shards:
@@ -309,6 +310,7 @@ def preprocess(corpus_path, spm_model_path, dataset_path, data_processor="lm", s
             "skipped": dict(sorted(skipped.items())),
             "truncated": sum(c["truncated"] for c in counts),
             "prompt_template": template.to_dict() if template else None,
+            "holds": holds,  # what readers open (format.Holds), whatever the processor
             "shards": shards,
         }
         if packing:

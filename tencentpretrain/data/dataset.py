@@ -10,7 +10,8 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 from .format import (BIN, DOC, FORMAT_NAME, IDX, MASK, MASK_DTYPE, META_FILE, OFFSET_DTYPE,
-                     PACKED_FORMAT_VERSION, PROMPT, PROMPT_DTYPE, READABLE_VERSIONS, DatasetError, numpy_dtype)
+                     PACKED_FORMAT_VERSION, PROMPT, PROMPT_DTYPE, READABLE_VERSIONS, DatasetError,
+                     Holds, numpy_dtype)
 from ..utils.files import read_json
 
 REQUIRED_META = ("format_version", "data_processor", "seq_length", "vocab_size", "dtype",
@@ -20,10 +21,10 @@ REQUIRED_META = ("format_version", "data_processor", "seq_length", "vocab_size",
 
 class Sample(NamedTuple):
     tokens: np.ndarray  # int64, 1 <= length <= seq_length + 1
-    prompt_length: int  # tokens of the prompt, bos included (0 for lm; packed: first example's)
+    prompt_length: int  # tokens of the prompt, bos included (0 without; packed: first example's)
     segments: np.ndarray  # int32 per token: 1-based document / example number within the sample
     example_prompts: Optional[np.ndarray] = None  # packed: prompt length of each example (segment)
-    loss_mask: Optional[np.ndarray] = None  # conversation: bool per token, trained as a label
+    loss_mask: Optional[np.ndarray] = None  # with a loss mask: bool per token, trained as a label
 
 
 def _load_meta(path):
@@ -41,14 +42,14 @@ def _load_meta(path):
     missing = [key for key in REQUIRED_META if key not in meta]
     if missing:
         raise DatasetError(f"{meta_path}: missing {', '.join(missing)}")
-    if meta["data_processor"] not in ("lm", "alpaca", "conversation") or meta["dtype"] not in ("uint16", "uint32"):
+    if not isinstance(meta["data_processor"], str) or meta["dtype"] not in ("uint16", "uint32"):
         raise DatasetError(f"{meta_path}: unknown data_processor/dtype "
                            f"{meta['data_processor']!r}/{meta['dtype']!r}")
-    packed = meta.get("packed", False)
-    if packed != (meta["format_version"] == PACKED_FORMAT_VERSION) or (packed and meta["data_processor"] == "lm"):
+    holds = Holds.from_meta(meta, meta_path)
+    if holds.packed != (meta["format_version"] == PACKED_FORMAT_VERSION) or holds.packed != meta.get("packed", False):
         raise DatasetError(f"{meta_path}: format_version {meta['format_version']}, data_processor "
-                           f"{meta['data_processor']!r} and packed {packed} do not go together "
-                           f"(packed = alpaca/conversation of version {PACKED_FORMAT_VERSION})")
+                           f"{meta['data_processor']!r} and packed {holds.packed} do not go together "
+                           f"(packed = format_version {PACKED_FORMAT_VERSION}, holding boundaries)")
     return meta
 
 
@@ -69,7 +70,7 @@ def _open_npy(path, dtype, length):
 class _Shard:
     """The memory maps of one shard, checked against its entry in meta.json."""
 
-    def __init__(self, directory, entry, dtype, processor, packed):
+    def __init__(self, directory, entry, dtype, holds):
         name = entry["name"]
         base = os.path.join(directory, name)
         num_samples, num_tokens = entry["num_samples"], entry["num_tokens"]
@@ -84,12 +85,13 @@ class _Shard:
         if self.offsets[0] != 0 or self.offsets[-1] != num_tokens:
             raise DatasetError(f"{base + IDX}: offsets do not span {base + BIN}")
         self.prompts = self.doc_starts = self.mask = None
-        if processor == "conversation":
+        packed = holds.packed
+        if holds.loss_mask:
             self.mask = _open_npy(base + MASK, MASK_DTYPE, num_tokens)
-        if processor == "alpaca":  # one prompt length per example (= per sample unless packed)
+        if holds.prompt_lengths:  # one prompt length per example (= per sample unless packed)
             self.prompts = _open_npy(base + PROMPT, PROMPT_DTYPE,
                                      entry.get("num_doc_starts") if packed else num_samples)
-        if processor == "lm" or packed:
+        if holds.boundaries:
             self.doc_starts = _open_npy(base + DOC, OFFSET_DTYPE, entry.get("num_doc_starts"))
         self.packed = packed
 
@@ -99,8 +101,6 @@ class _Shard:
             return sample
         start, end = int(self.offsets[i]), int(self.offsets[i + 1])
         prompts = sample.example_prompts
-        if self.packed:  # conversations: no prompt lengths, one entry per example (segment)
-            prompts = np.zeros(int(sample.segments[-1]), np.int64)
         return sample._replace(example_prompts=prompts, loss_mask=np.array(self.mask[start:end], bool))
 
     def _sample(self, i):
@@ -116,10 +116,10 @@ class _Shard:
         segments = 1 + np.cumsum(opens, dtype=np.int32)
         if not self.packed:
             return Sample(tokens, 0, segments)
-        if self.prompts is None:
-            return Sample(tokens, 0, segments)
         # a packed sample starts with an example: its prompts are those of examples first-1..
-        prompts = np.array(self.prompts[first - 1:stop], np.int64)
+        # (0 each without prompt lengths: a loss mask, or nothing, tells what is trained)
+        prompts = (np.array(self.prompts[first - 1:stop], np.int64) if self.prompts is not None
+                   else np.zeros(stop - first + 1, np.int64))
         return Sample(tokens, int(prompts[0]), segments, prompts)
 
 
@@ -130,17 +130,18 @@ class TokenDataset:
         self.path = path
         self.meta = meta = _load_meta(path)
         self.seq_length = meta["seq_length"]
-        self.data_processor = meta["data_processor"]
+        self.data_processor = meta["data_processor"]  # recorded, never used to read
         self.vocab_size = meta["vocab_size"]
         self.bos_id, self.eos_id, self.pad_id = meta["bos_id"], meta["eos_id"], meta["pad_id"]
         self.tokenizer_sha256 = meta["tokenizer_sha256"]
-        # what --prefix_lm_loss needs: prompt lengths (alpaca) or a loss mask (conversation)
-        self.has_prompt_lengths = self.data_processor in ("alpaca", "conversation")
-        self.packed = meta.get("packed", False)  # several isolated examples per sample
+        self.holds = Holds.from_meta(meta, os.path.join(path, META_FILE))  # what to open
+        # what --prefix_lm_loss needs: prompt lengths or a loss mask
+        self.has_prompt_lengths = self.holds.trainable_prefix
+        self.packed = self.holds.packed  # several isolated examples per sample
         self.num_tokens = meta["num_tokens"]
         dtype = numpy_dtype(meta["dtype"])
         try:
-            self._shards = [_Shard(path, entry, dtype, self.data_processor, self.packed) for entry in meta["shards"]]
+            self._shards = [_Shard(path, entry, dtype, self.holds) for entry in meta["shards"]]
         except (KeyError, TypeError) as e:
             raise DatasetError(f"{os.path.join(path, META_FILE)}: malformed shard list ({e})") from None
         counts = [entry["num_samples"] for entry in meta["shards"]]

@@ -1,12 +1,14 @@
 """The on-disk dataset format (see docs/data_format.md) and the writer of its shards.
 
 A dataset is a directory: ``meta.json`` plus, per shard, ``NAME.bin`` (tokens back to back),
-``NAME.idx.npy`` (int64 sample offsets), ``NAME.prompt.npy`` (alpaca) and ``NAME.doc.npy``
-(lm; packed alpaca). Everything is readable with numpy alone; nothing is pickled.
+``NAME.idx.npy`` (int64 sample offsets) and, as meta.json's ``"holds"`` declares,
+``NAME.prompt.npy`` (prompt lengths), ``NAME.mask.npy`` (a loss mask) and ``NAME.doc.npy``
+(document / example boundaries). Everything is readable with numpy alone; nothing is pickled.
 """
 import json
 import os
 import shutil
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -24,6 +26,56 @@ MASK = ".mask.npy"  # conversation: per token, 1 where the token is trained as a
 MASK_DTYPE = np.dtype("u1")
 OFFSET_DTYPE = np.dtype("<i8")
 PROMPT_DTYPE = np.dtype("<i4")
+
+
+@dataclass(frozen=True)
+class Holds:
+    """What a dataset holds beside its tokens, declared in meta.json by the processor that
+    wrote it (``Processor.holds``); readers open exactly this, whatever the processor.
+
+    prompt_lengths: ``.prompt.npy``, one per sample, or per example when packed (--prefix_lm_loss)
+    loss_mask: ``.mask.npy``, one byte per token, 1 = trained as a label (--prefix_lm_loss)
+    boundaries: ``.doc.npy``, where each document / example starts (segments, ``seg``)
+    packed: several whole examples per sample, each isolated in training (data/packing.py)
+    """
+    prompt_lengths: bool = False
+    loss_mask: bool = False
+    boundaries: bool = False
+    packed: bool = False
+
+    # datasets written before meta.json declared "holds": what each processor wrote then
+    LEGACY = {"lm": dict(boundaries=True), "alpaca": dict(prompt_lengths=True),
+              "conversation": dict(loss_mask=True)}
+
+    @classmethod
+    def from_meta(cls, meta, where):
+        """The declaration of a meta.json (``where`` names it in errors)."""
+        declared = meta.get("holds")
+        if declared is None:  # written before the declaration: derive it from the old fields
+            if meta.get("data_processor") not in cls.LEGACY:
+                raise DatasetError(f"{where}: no \"holds\" and unknown data_processor "
+                                   f"{meta.get('data_processor')!r}")
+            legacy = dict(cls.LEGACY[meta["data_processor"]], packed=bool(meta.get("packed", False)))
+            if legacy["packed"]:  # packed alpaca / conversation: example starts in .doc.npy
+                legacy["boundaries"] = True
+            return cls(**legacy)
+        fields = set(asdict(cls()))
+        if (not isinstance(declared, dict) or set(declared) - fields
+                or not all(isinstance(v, bool) for v in declared.values())):
+            raise DatasetError(f"{where}: \"holds\" must map {', '.join(sorted(fields))} "
+                               f"to true/false, found {declared!r}")
+        holds = cls(**declared)
+        if holds.packed and not holds.boundaries:
+            raise DatasetError(f"{where}: packed samples need boundaries")
+        return holds
+
+    @property
+    def trainable_prefix(self):
+        """Whether --prefix_lm_loss can tell prompts from answers (prompt lengths or a mask)."""
+        return self.prompt_lengths or self.loss_mask
+
+    def to_dict(self):
+        return asdict(self)
 
 
 class DatasetError(UserError):

@@ -1,7 +1,11 @@
 """Data processor registry: ``--data_processor`` name -> processor class (see base.py).
 
-Adding a processor is one file in this package and one line in ``str2processor``.
+Adding a processor is one file in this package and one line in ``str2processor``: it declares
+what its datasets hold (``Processor.holds``, meta.json ``"holds"``), and readers open that
+(tests/test_processor_registry.py registers one at run time and trains and evaluates on it).
 """
+from collections.abc import Mapping
+
 from ..format import DatasetError
 from .alpaca import AlpacaProcessor
 from .conversation import ConversationProcessor
@@ -9,8 +13,27 @@ from .lm import LmProcessor
 
 str2processor = {"lm": LmProcessor, "alpaca": AlpacaProcessor, "conversation": ConversationProcessor}
 ALIASES = {"llm_pretrain": "lm", "llm_sft": "alpaca"}  # TencentPretrain's names
-PROCESSORS = {alias: name for name in str2processor  # accepted -> canonical, aliases after
-              for alias in [name] + [a for a, target in ALIASES.items() if target == name]}
+
+
+class _Accepted(Mapping):
+    """Accepted --data_processor name -> canonical name (aliases after their target), read
+    from ``str2processor`` on each use, so a processor registered at run time is accepted."""
+
+    def _names(self):
+        return {alias: name for name in str2processor
+                for alias in [name] + [a for a, target in ALIASES.items() if target == name]}
+
+    def __getitem__(self, name):
+        return self._names()[name]
+
+    def __iter__(self):
+        return iter(self._names())
+
+    def __len__(self):
+        return len(self._names())
+
+
+PROCESSORS = _Accepted()
 
 
 def get_processor(name):

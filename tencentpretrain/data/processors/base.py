@@ -6,9 +6,11 @@ A processor is a class with two halves:
   the corpus as builder.py streams it, ``flush`` tokenizes a batch with one tokenizer
   call and appends it to the part files named by ``extensions``; ``finish`` returns counts.
 * main side (class methods): ``check`` refuses options and corpora it cannot take,
-  ``assemble`` turns the part files of all workers, in corpus order, into shards.
+  ``assemble`` turns the part files of all workers, in corpus order, into shards;
+  ``holds`` declares what those shards hold, written to meta.json as ``"holds"``.
 
-Registering one in processors/__init__.py is all builder.py and preprocess.py need.
+Registering one in processors/__init__.py is all builder.py and preprocess.py need; readers
+(``TokenDataset``, ``collate``) open what meta.json declares and never ask for the processor.
 """
 from collections import Counter
 
@@ -45,6 +47,7 @@ class Processor:
     with_prompts = False  # stores prompt lengths (for --prefix_lm_loss)
     with_mask = False  # stores a per-token loss mask (for --prefix_lm_loss)
     can_pack = False  # accepts --packing
+    with_boundaries = False  # stores where documents start (.doc.npy) even unpacked (lm)
 
     def __init__(self, task, tokenizer):
         self.task, self.tokenizer = task, tokenizer
@@ -59,6 +62,12 @@ class Processor:
         if kind == TEXT and not cls.reads_text:
             raise CorpusError(f"{corpus_path}: --data_processor {cls.name} reads a JSON array "
                               f"(.json) or JSON lines (.jsonl) file")
+
+    @classmethod
+    def holds(cls, packing):
+        """What the dataset holds (meta.json ``"holds"``; data/format.py ``Holds``)."""
+        return {"prompt_lengths": cls.with_prompts, "loss_mask": cls.with_mask,
+                "boundaries": cls.with_boundaries or packing, "packed": bool(packing)}
 
     @classmethod
     def template(cls, prompt_template, **chat_options):

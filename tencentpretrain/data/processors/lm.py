@@ -23,6 +23,7 @@ class LmProcessor(Processor):
     """
     name = "lm"
     extensions = (".tokens", ".lengths")
+    with_boundaries = True
 
     def __init__(self, task, tokenizer):
         super().__init__(task, tokenizer)
