@@ -117,6 +117,6 @@ def free_port():
 
 
 def logged_losses(text):
-    """{step: loss} from pretrain.py's report lines."""
+    """{step: loss} from pretrain.py's training report lines (not `eval | step N | loss`)."""
     return {int(s): float(l) for s, l in
-            re.findall(r"^step\s+(\d+)(?:/\d+)? \| loss ([0-9.]+)", text, re.M)}
+            re.findall(r"(?<!eval \| )step\s+(\d+)(?:/\d+)? \| loss ([0-9.]+)", text)}
