@@ -1,6 +1,8 @@
-"""Weights in and out of a (possibly ZeRO-3 partitioned) model, and resumable state.
+"""The save layout of a run, and what a run was started from (checked on resume).
 
-Two kinds of output, both written so that a save killed halfway never loads:
+By concern: ZeRO-3 weight gather/scatter is zero3_weights.py's, the trainer's resumable state
+(one ``TrainState``) train_state.py's; this module names and lays out the saves. Two kinds of
+output, both written so that a save killed halfway never loads:
 
 - consolidated weights ``<output_model_path>-<step>``: one plain state dict that
   ``tencentpretrain.load_model``, inference and the HF export read directly (no
@@ -14,20 +16,16 @@ import contextlib
 import dataclasses
 import json
 import os
-import random
 import re
 import shutil
 import subprocess
 import sys
 
-import numpy as np
-import torch
-
-from tencentpretrain.model_builder import build_model, check_state_dict, vocab_size_of
-from tencentpretrain.models import layout
 from tencentpretrain.training.errors import TrainingError
-from tencentpretrain.utils.files import atomic_path, read_json, write_text_atomic
-from tencentpretrain.utils.weights import LazyWeights, save_state_dict_file
+from tencentpretrain.training.train_state import TrainState
+from tencentpretrain.training.zero3_weights import (  # noqa: F401 (the trainer's and tests' names)
+    consolidated_state_dict, init_weights, load_weights, open_pretrained, save_weights)
+from tencentpretrain.utils.files import atomic_path, write_text_atomic
 
 LATEST = "latest"
 
@@ -107,124 +105,6 @@ def prune_saves(output_model_path, keep, newest_step):
             if name == weights or name.startswith(weights + "."):
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(os.path.join(outputs, name))
-
-
-def _gathered(param, zero3, modifier_rank):
-    """Under ZeRO-3 the full tensor exists only inside this context (on every rank)."""
-    if not zero3:
-        return contextlib.nullcontext()
-    import deepspeed
-    return deepspeed.zero.GatheredParameters([param], modifier_rank=modifier_rank)
-
-
-def _unique_parameters(model):
-    return list(model.named_parameters())  # tied weights appear once
-
-
-def open_pretrained(path, config):
-    """Check a pretrained file against the config (shapes only); returns (weights, vocab)."""
-    weights = LazyWeights(path)
-    meta = weights.meta_state_dict()
-    vocab = vocab_size_of(meta, path)
-    check_state_dict(build_model(config, vocab, device="meta"), meta, path)
-    return weights, vocab
-
-
-@torch.no_grad()
-def load_weights(model, weights, zero3, rank, names=None):
-    """Copy ``weights`` (LazyWeights or a state dict) into ``model`` (only ``names`` if
-    given); under ZeRO-3 rank 0 reads each tensor and DeepSpeed scatters it to the
-    partitions, so no rank holds the checkpoint."""
-    for name, param in _unique_parameters(model):
-        if names is not None and name not in names:
-            continue
-        with _gathered(param, zero3, modifier_rank=0):
-            if rank == 0 or not zero3:
-                param.data.copy_(weights[name])
-
-
-@torch.no_grad()
-def init_weights(model, zero3, rank, std=0.02):
-    """Training from scratch. Under ZeRO-3 each top-level block (embedding, one layer,
-    the head) is gathered and initialised on rank 0 in turn, never the whole model."""
-    if not zero3:
-        model.init_weights(std)
-        return
-    import deepspeed
-    for block in layout.blocks(model):
-        with deepspeed.zero.GatheredParameters(list(block.parameters()), modifier_rank=0):
-            if rank == 0:
-                type(model).init_weights(block, std)  # the model's own rule, on one block
-
-
-@torch.no_grad()
-def consolidated_state_dict(model, zero3, rank, names=None):
-    """The full weights (only ``names`` if given) on rank 0, None elsewhere, in the
-    training precision."""
-    state = {} if rank == 0 else None
-    for name, param in _unique_parameters(model):
-        if names is not None and name not in names:
-            continue
-        with _gathered(param, zero3, modifier_rank=None):
-            if rank == 0:
-                state[name] = param.detach().to("cpu", copy=True)
-    return state
-
-
-def save_weights(model, path, zero3, rank):
-    state = consolidated_state_dict(model, zero3, rank)
-    if rank == 0:
-        save_state_dict_file(state, path)
-
-
-# ---- resumable trainer state (per rank JSON beside the backend's files) ----
-
-def rng_state():
-    np_state = np.random.get_state()
-    py_state = random.getstate()
-    state = {"torch": torch.get_rng_state().tolist(),
-             "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
-             "python": [py_state[0], list(py_state[1]), py_state[2]]}
-    if torch.cuda.is_available():
-        state["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
-    return state
-
-
-def set_rng_state(state):
-    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
-    name, keys, *rest = state["numpy"]
-    np.random.set_state((name, np.array(keys, dtype=np.uint32), *rest))
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
-
-
-def trainer_state_path(directory, tag, rank):
-    return os.path.join(directory, tag, f"trainer_state_rank{rank}.json")
-
-
-def save_trainer_state(directory, tag, rank, state):
-    os.makedirs(os.path.join(directory, tag), exist_ok=True)
-    write_text_atomic(trainer_state_path(directory, tag, rank), json.dumps(state))
-
-
-def load_trainer_state(directory, tag, rank):
-    """This rank's saved state; a rank the saving run did not have (resuming on more ranks)
-    takes rank 0's: the data position is global, only the RNG streams were per rank."""
-    path = trainer_state_path(directory, tag, rank)
-    if not os.path.isfile(path) and rank > 0:
-        path = trainer_state_path(directory, tag, 0)
-    if not os.path.isfile(path):
-        raise TrainingError(f"--resume_from_checkpoint {directory}: {path} is missing (not a "
-                            "pretrain.py checkpoint)")
-    return read_json(path, TrainingError, f"--resume_from_checkpoint {directory}: trainer state "
-                     f"{path}", expect=dict)
-
-
-def saved_world_size(directory):
-    """How many ranks wrote the latest save of ``directory``."""
-    return int(load_trainer_state(directory, read_latest(directory), 0)["world_size"])
 
 
 def universal_tag(tag):
@@ -308,10 +188,15 @@ def run_record(config_path, config, vocab_size, lora, base_path, base_fp, seed, 
             "dataset": dataset_record(dataset_path, meta)}
 
 
+def saved_world_size(directory):
+    """How many ranks wrote the latest save of ``directory``."""
+    return TrainState.load(directory, read_latest(directory), 0).world_size
+
+
 def saved_run(directory, rank):
     """The run record of the latest save of ``directory``; None for saves made before
     checkpoints recorded it."""
-    return load_trainer_state(directory, read_latest(directory), rank).get("run")
+    return TrainState.load(directory, read_latest(directory), rank).run
 
 
 def _lora_options(lora):

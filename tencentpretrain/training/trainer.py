@@ -30,6 +30,7 @@ from tencentpretrain.training.options import check_args, lora_config
 from tencentpretrain.training.reporting import Reporter
 from tencentpretrain.training.scheduler import lr_multiplier, resume_schedule
 from tencentpretrain.training.settings import Launch, resolve, single_rank_environment
+from tencentpretrain.training.train_state import TrainState
 from tencentpretrain.training.validation import Validator, best_weights_path
 
 
@@ -221,37 +222,36 @@ def resume(args, backend, batches):
     layout, which re-partitions weights and optimizer state; the data position is global."""
     directory = args.resume_from_checkpoint
     tag = ckpt.read_latest(directory)
-    state = ckpt.load_trainer_state(directory, tag, backend.rank)
-    if state["step"] >= args.total_steps:
+    state = TrainState.load(directory, tag, backend.rank)
+    if state.step >= args.total_steps:
         raise TrainingError(f"--resume_from_checkpoint {directory}: already at step "
-                            f"{state['step']}, --total_steps is {args.total_steps}")
+                            f"{state.step}, --total_steps is {args.total_steps}")
     load_tag = tag
-    if state["world_size"] != backend.world_size:
+    if state.world_size != backend.world_size:
         if not args.deepspeed:
             raise TrainingError(f"--resume_from_checkpoint {directory}: saved by "
-                                f"{state['world_size']} ranks; resume it under --deepspeed "
+                                f"{state.world_size} ranks; resume it under --deepspeed "
                                 "(`deepspeed --num_gpus 1 pretrain.py --deepspeed ...` for one)")
         if backend.rank == 0:
             ckpt.make_universal(directory, tag, say)
         backend.barrier()
         load_tag = ckpt.universal_tag(tag)
-        say(f"resuming {state['world_size']} rank(s) -> {backend.world_size}: weights and "
+        say(f"resuming {state.world_size} rank(s) -> {backend.world_size}: weights and "
             f"optimizer state re-partitioned from {os.path.join(directory, load_tag)}")
     backend.load_checkpoint(directory, load_tag)
     resume_schedule(backend.scheduler, args.learning_rate)
     try:
-        batches.load_state_dict(state["data"])
+        state.restore(batches)
     except ValueError as e:
         raise TrainingError(f"--resume_from_checkpoint {directory}: {e}") from None
     if batches.position >= len(batches.dataset):  # a smaller dataset (--allow_changed_dataset)
         batches.epoch, batches.position = batches.epoch + 1, 0
-    ckpt.set_rng_state(state["rng"])
-    say(f"resumed from {os.path.join(directory, tag)} at step {state['step']}")
-    if "schedule" in state:  # saves before the schedule was recorded have none
-        note = schedule_change(state["schedule"], schedule_options(args), state["step"] + 1)
+    say(f"resumed from {os.path.join(directory, tag)} at step {state.step}")
+    if state.schedule is not None:  # saves before the schedule was recorded have none
+        note = schedule_change(state.schedule, schedule_options(args), state.step + 1)
         if note:
             say(note)
-    return state["step"]
+    return state.step
 
 
 SCHEDULE_OPTIONS = ("learning_rate", "scheduler", "warmup", "lr_decay", "total_steps")
@@ -375,11 +375,8 @@ def save(args, backend, model, batches, step, reporter, record=None):
     path = write_weights(args, backend, model, ckpt.weights_path(args.output_model_path, step),
                          record)
     directory, tag = ckpt.checkpoints_dir(args.output_model_path), ckpt.tag_of(step)
-    state = {"step": step, "world_size": backend.world_size, "data": batches.state_dict(),
-             "rng": ckpt.rng_state(), "schedule": schedule_options(args)}
-    if record is not None:
-        state["run"] = record
-    ckpt.save_trainer_state(directory, tag, backend.rank, state)
+    TrainState.capture(step, backend.world_size, batches, schedule_options(args),
+                       record).save(directory, tag, backend.rank)
     backend.save_checkpoint(directory, tag)
     backend.barrier()
     if backend.rank == 0:

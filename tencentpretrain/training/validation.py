@@ -16,8 +16,8 @@ import torch
 
 from tencentpretrain.adapters import adapter_files
 from tencentpretrain.data import collate
-from tencentpretrain.training import checkpointing as ckpt
 from tencentpretrain.training.errors import TrainingError
+from tencentpretrain.training.train_state import rng_state, set_rng_state
 from tencentpretrain.utils.files import read_json, write_text_atomic
 
 
@@ -96,7 +96,7 @@ class Validator:
     @torch.no_grad()
     def loss(self, backend, model):
         """(loss, counted tokens) over all ranks' shares."""
-        rng = ckpt.rng_state()
+        rng = rng_state()
         model.eval()
         total = torch.zeros(2, dtype=torch.float64)
         try:
@@ -107,7 +107,7 @@ class Validator:
                                       count.detach().double().cpu()])
         finally:
             model.train()
-            ckpt.set_rng_state(rng)
+            set_rng_state(rng)
         loss_sum, tokens = backend.all_reduce_sum(total).cpu().tolist()
         if tokens == 0:
             raise TrainingError(f"--eval_dataset_path {self.dataset.path}: no counted tokens "
