@@ -16,16 +16,15 @@ from tencentpretrain.adapters import adapter_base, base_fingerprint, base_record
 from tencentpretrain.layers.lora import LoraConfig, adapter_names, inject_lora, merge_lora
 from tencentpretrain.training import TrainingError
 from tencentpretrain.utils.weights import LazyWeights, save_state_dict_file
-from tests.training_support import (LLAMA_SPM, TINY, _preprocess, datasets, logged_losses,
-                                    pretrain_argv, run_in_process)
+from tests.training_support import (LLAMA_SPM, LM_CORPUS, TINY, VOCAB_SIZE, _preprocess, datasets,
+                                    logged_losses, pretrain_argv, run_in_process)
 
-pytestmark = pytest.mark.shared_data
 
 LORA = ["--use_lora", "--lora_r", "2", "--lora_target_modules", "q,v",
         "--lora_modules_to_save", "output", "--learning_rate", "1e-2"]
 
 
-def tiny_base(path, seed, vocab=32000, dtype=None):
+def tiny_base(path, seed, vocab=VOCAB_SIZE, dtype=None):
     torch.manual_seed(seed)
     model = tencentpretrain.build_model(TINY, vocab)
     model.init_weights()
@@ -147,8 +146,7 @@ def test_lora_resume_on_another_or_no_base(runs, tmp_path, capsys):
 
 
 def test_resume_on_a_reprocessed_dataset(runs, tmp_path, capsys):
-    shorter = _preprocess(os.path.join(os.path.dirname(LLAMA_SPM), "c4_demo.jsonl"), LLAMA_SPM,
-                          str(tmp_path / "lm32"), "lm", 32)
+    shorter = _preprocess(LM_CORPUS, LLAMA_SPM, str(tmp_path / "lm32"), "lm", 32)
     argv = resume_argv(runs["full"])
     argv[argv.index("--dataset_path") + 1] = shorter
     line = refused(runs["root"], argv, capsys)

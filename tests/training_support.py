@@ -34,6 +34,10 @@ def demo_tokenizer(vocab_size=1000):
 LLAMA_SPM = (os.path.join(SHARED_DATA, "llama_tokenizer.model") if HAVE_SHARED_DATA
              else demo_tokenizer())
 CHINESE_SPM = os.path.join(SHARED_DATA, "cluecorpussmall_spm.model")
+# the corpora of the "lm" and "alpaca" datasets
+LM_CORPUS, INSTRUCTIONS = ((os.path.join(SHARED_DATA, "c4_demo.jsonl"),
+                            os.path.join(SHARED_DATA, "alpaca_zh_demo.json"))
+                           if HAVE_SHARED_DATA else (DEMO_CORPUS, DEMO_INSTRUCTIONS))
 OTHER_SPM = CHINESE_SPM if HAVE_SHARED_DATA else demo_tokenizer(900)  # not the datasets' one
 VOCAB_SIZE = spm.SentencePieceProcessor(model_file=LLAMA_SPM).vocab_size()
 
@@ -57,16 +61,13 @@ def _dataset(name):
         with open(corpus, "w", encoding="utf-8") as f:
             f.writelines(head)
         return _preprocess(corpus, CHINESE_SPM, os.path.join(root, name), "lm", 64)
-    lm_corpus, instructions = ((os.path.join(SHARED_DATA, "c4_demo.jsonl"),
-                                os.path.join(SHARED_DATA, "alpaca_zh_demo.json"))
-                               if HAVE_SHARED_DATA else (DEMO_CORPUS, DEMO_INSTRUCTIONS))
     out = os.path.join(root, name)
     if name == "lm":
-        return _preprocess(lm_corpus, LLAMA_SPM, out, "lm", 64)
+        return _preprocess(LM_CORPUS, LLAMA_SPM, out, "lm", 64)
     if name == "alpaca":
-        return _preprocess(instructions, LLAMA_SPM, out, "alpaca", 128)
+        return _preprocess(INSTRUCTIONS, LLAMA_SPM, out, "alpaca", 128)
     if name == "alpaca_packed":
-        return _preprocess(instructions, LLAMA_SPM, out, "alpaca", 512, "--packing")
+        return _preprocess(INSTRUCTIONS, LLAMA_SPM, out, "alpaca", 512, "--packing")
     raise KeyError(name)
 
 
