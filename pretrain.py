@@ -11,11 +11,11 @@ See docs/training.md. All the work is in tencentpretrain.training.
 """
 import contextlib
 import os
-import sys
 
-from tencentpretrain.errors import UserError
 from tencentpretrain.training import build_parser, train
+from tencentpretrain.training.checkpointing import checkpoints_dir
 from tencentpretrain.training.settings import Launch
+from tencentpretrain.utils.cli import run
 
 
 def launched_rank():
@@ -34,12 +34,9 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    try:
-        train(args)
-    except UserError as e:
-        if launched_rank() == 0:  # every rank fails alike; one line is enough
-            print(f"error: {e}", file=sys.stderr, flush=True)
-        sys.exit(2)
+    run(lambda: train(args), rank=launched_rank(),
+        interrupted=f"interrupted; {checkpoints_dir(args.output_model_path)} holds the latest "
+                    "complete save (--resume_from_checkpoint)")
 
 
 if __name__ == "__main__":

@@ -117,7 +117,8 @@ def test_datasets_written_before_holds_open_alike(tmp_path, processor, extra):
     from tests.training_support import DEMO_CORPUS, DEMO_INSTRUCTIONS
     corpus = DEMO_CORPUS if processor == "lm" else DEMO_INSTRUCTIONS
     new = str(tmp_path / "new")
-    preprocess(corpus, LLAMA_SPM, new, data_processor=processor, seq_length=64, progress=False, **extra)
+    preprocess(corpus, LLAMA_SPM, new, data_processor=processor, seq_length=64 if processor == "lm" else 256,
+               progress=False, **extra)
     old = str(tmp_path / "old")
     shutil.copytree(new, old)
     meta = json.load(open(os.path.join(old, "meta.json")))
