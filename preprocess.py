@@ -13,7 +13,7 @@ import sys
 
 from tencentpretrain.chat_templates import TEMPLATE_NAMES
 from tencentpretrain.data import PROCESSORS, format_summary, preprocess
-from tencentpretrain.data.format import SHARD_TOKENS
+from tencentpretrain.data.format import SHARD_TOKENS, DatasetError
 from tencentpretrain.errors import UserError
 from tencentpretrain.tokenizer import add_tokenizer_options
 
@@ -68,11 +68,27 @@ def build_parser():
                         help="alpaca only: JSON file {\"prompt_input\": \"...{instruction}...{input}...\", "
                              "\"prompt_no_input\": \"...{instruction}...\"} replacing the default "
                              "Alpaca template (see tencentpretrain/prompts.py).")
+    parser.add_argument("--noise_density", type=float, default=None,
+                        help="t5: fraction of tokens masked by span corruption (default 0.15).")
+    parser.add_argument("--mean_noise_span_length", type=float, default=None,
+                        help="t5: mean length of a masked span (default 3).")
     parser.add_argument("--shard_tokens", type=int, default=SHARD_TOKENS,
                         help="Start a new shard once a shard would exceed this many tokens.")
     parser.add_argument("--no_progress", action="store_true",
                         help="Do not show the progress bar (bytes of the corpus done).")
     return parser
+
+
+def span_options(args):
+    """t5's span-corruption options (None for other processors, which refuse them)."""
+    given = {k: v for k, v in (("noise_density", args.noise_density),
+                               ("mean_noise_span_length", args.mean_noise_span_length))
+             if v is not None}
+    if PROCESSORS.get(args.data_processor) != "t5":
+        if given:
+            raise DatasetError(f"--{next(iter(given))} applies to --data_processor t5 only")
+        return None
+    return given
 
 
 def main(argv=None):
@@ -86,7 +102,8 @@ def main(argv=None):
                              prompt_template=args.prompt_template, shard_tokens=args.shard_tokens,
                              progress=not args.no_progress, packing=args.packing,
                              tokenizer_path=args.tokenizer_path, chat_template=args.chat_template,
-                             train_on_prompt=args.train_on_prompt, mask_history=args.mask_history)
+                             train_on_prompt=args.train_on_prompt, mask_history=args.mask_history,
+                             processor_options=span_options(args))
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

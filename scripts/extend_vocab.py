@@ -29,6 +29,10 @@ def main(argv=None):
                              "--spm_model_path (or the base) and written to "
                              "--output_spm_model_path; their rows start as the mean of all "
                              "base rows.")
+    parser.add_argument("--add_sentinel_tokens", type=int, default=None, metavar="N",
+                        help="T5 span corruption (preprocess.py --data_processor t5): append "
+                             "<extra_id_{N-1}> .. <extra_id_0> as special tokens, so that, as in "
+                             "T5's vocabulary, <extra_id_0> is the last id and the ids count down.")
     parser.add_argument("--output_spm_model_path", default=None,
                         help="Where --add_special_tokens writes the tokenizer to train with.")
     parser.add_argument("--output_model_path", required=True,
@@ -39,6 +43,9 @@ def main(argv=None):
     parser.add_argument("--pad_to_multiple_of", type=int, default=None,
                         help="Round the rows up to a multiple of this (e.g. 64).")
     args = parser.parse_args(argv)
+    if args.add_sentinel_tokens:
+        sentinels = ",".join(f"<extra_id_{i}>" for i in reversed(range(args.add_sentinel_tokens)))
+        args.add_special_tokens = ",".join(filter(None, [args.add_special_tokens, sentinels]))
     if not args.spm_model_path and not args.add_special_tokens:
         parser.error("--spm_model_path or --add_special_tokens is required")
     if bool(args.add_special_tokens) != bool(args.output_spm_model_path):

@@ -45,6 +45,9 @@ def collate(samples, pad_id, prefix_lm_loss=False, pad_to=None):
     """
     import torch  # here, so that preprocessing never pays for importing torch
 
+    if samples and samples[0].seq2seq:  # source/target samples: encoder-decoder batches
+        from .seq2seq import collate_seq2seq
+        return collate_seq2seq(samples, pad_id)
     width = max(max(len(s.tokens) for s in samples) - 1, 1) if pad_to is None else pad_to
     shape = (len(samples), width)
     input_ids = np.full(shape, pad_id, np.int64)

@@ -237,7 +237,7 @@ def _check_corpus(path):
 def preprocess(corpus_path, spm_model_path, dataset_path, data_processor="lm", seq_length=512,
                processes_num=1, seed=7, prompt_template=None, shard_tokens=SHARD_TOKENS,
                progress=True, packing=False, tokenizer_path=None, chat_template=None,
-               train_on_prompt=False, mask_history=False):
+               train_on_prompt=False, mask_history=False, processor_options=None):
     """Tokenize `corpus_path` into the dataset directory `dataset_path`; returns a summary dict.
 
     Raises DatasetError / CorpusError / TokenizerError / TemplateError with one-line messages.
@@ -246,6 +246,7 @@ def preprocess(corpus_path, spm_model_path, dataset_path, data_processor="lm", s
     The tokenizer is `spm_model_path` (SentencePiece) or `tokenizer_path` (a Hugging Face
     tokenizer.json or its folder); pass None for the other.
     `chat_template`, `train_on_prompt`, `mask_history`: conversation only (chat_templates.py).
+    `processor_options`: a dict of options only one processor takes (t5: noise_density, ...).
     """
     started = time.perf_counter()
     processor = get_processor(data_processor)
@@ -261,7 +262,8 @@ def preprocess(corpus_path, spm_model_path, dataset_path, data_processor="lm", s
     processor.check_corpus(corpus_path, kind)
     check_options(processor, prompt_template, packing, chat_template, train_on_prompt, mask_history)
     template = processor.template(prompt_template, chat_template=chat_template, tokenizer=tokenizer,
-                                  train_on_prompt=train_on_prompt, mask_history=mask_history)
+                                  train_on_prompt=train_on_prompt, mask_history=mask_history,
+                                  **({"seed": seed, **processor_options} if processor_options is not None else {}))
     dtype = token_dtype(tokenizer.vocab_size)
     corpus_bytes = os.path.getsize(corpus_path)
     ranges = ([(0, corpus_bytes)] if kind == JSON_ARRAY

@@ -25,6 +25,7 @@ class Sample(NamedTuple):
     segments: np.ndarray  # int32 per token: 1-based document / example number within the sample
     example_prompts: Optional[np.ndarray] = None  # packed: prompt length of each example (segment)
     loss_mask: Optional[np.ndarray] = None  # with a loss mask: bool per token, trained as a label
+    seq2seq: bool = False  # tokens = source (prompt_length tokens) + target (data/seq2seq.py)
 
 
 def _load_meta(path):
@@ -94,9 +95,12 @@ class _Shard:
         if holds.boundaries:
             self.doc_starts = _open_npy(base + DOC, OFFSET_DTYPE, entry.get("num_doc_starts"))
         self.packed = packed
+        self.seq2seq = holds.seq2seq
 
     def sample(self, i):
         sample = self._sample(i)
+        if self.seq2seq:
+            sample = sample._replace(seq2seq=True)
         if self.mask is None:
             return sample
         start, end = int(self.offsets[i]), int(self.offsets[i + 1])

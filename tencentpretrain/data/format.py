@@ -37,11 +37,14 @@ class Holds:
     loss_mask: ``.mask.npy``, one byte per token, 1 = trained as a label (--prefix_lm_loss)
     boundaries: ``.doc.npy``, where each document / example starts (segments, ``seg``)
     packed: several whole examples per sample, each isolated in training (data/packing.py)
+    seq2seq: each sample is a source (encoder tokens; its prompt length) then a target
+        (decoder tokens), for encoder-decoder models (data/seq2seq.py)
     """
     prompt_lengths: bool = False
     loss_mask: bool = False
     boundaries: bool = False
     packed: bool = False
+    seq2seq: bool = False
 
     # datasets written before meta.json declared "holds": what each processor wrote then
     LEGACY = {"lm": dict(boundaries=True), "alpaca": dict(prompt_lengths=True),
@@ -75,7 +78,10 @@ class Holds:
         return self.prompt_lengths or self.loss_mask
 
     def to_dict(self):
-        return asdict(self)
+        held = asdict(self)
+        if not self.seq2seq:  # declared only by seq2seq datasets: others' meta.json unchanged
+            del held["seq2seq"]
+        return held
 
 
 class DatasetError(UserError):

@@ -10,8 +10,10 @@ from ..format import DatasetError
 from .alpaca import AlpacaProcessor
 from .conversation import ConversationProcessor
 from .lm import LmProcessor
+from .t5 import T5Processor
 
-str2processor = {"lm": LmProcessor, "alpaca": AlpacaProcessor, "conversation": ConversationProcessor}
+str2processor = {"lm": LmProcessor, "alpaca": AlpacaProcessor, "conversation": ConversationProcessor,
+                 "t5": T5Processor}
 ALIASES = {"llm_pretrain": "lm", "llm_sft": "alpaca"}  # TencentPretrain's names
 
 
