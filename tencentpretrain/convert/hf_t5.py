@@ -38,7 +38,10 @@ def config_from_hf(hf, source="Hugging Face config.json"):
                           "converts")
     feed_forward, act = FEED_FORWARD[proj]
     heads, d_kv, d_model = hf["num_heads"], hf["d_kv"], hf["d_model"]
-    tied = hf.get("tie_word_embeddings", True) is not False
+    # transformers >= 5 writes tie_word_embeddings true for every T5 and keeps the choice
+    # (tied output layer with the d_model ** -0.5 rescale, or an own lm_head) here
+    tied = (bool(hf["scale_decoder_outputs"]) if "scale_decoder_outputs" in hf
+            else hf.get("tie_word_embeddings", True) is not False)
     raw = {
         "emb_size": d_model, "hidden_size": d_model, "feedforward_size": hf["d_ff"],
         "heads_num": heads, "layers_num": hf["num_layers"],

@@ -52,18 +52,21 @@ def _write_json(folder, name, content):
         f.write("\n")
 
 
-def write_hf_tokenizer(spm_model_path, folder, model_max_length=None, check_texts=()):
+def write_hf_tokenizer(spm_model_path, folder, model_max_length=None, check_texts=(),
+                       seq2seq=False):
     """Copy the model as ``tokenizer.model`` and write ``tokenizer.json``,
     ``tokenizer_config.json``, ``special_tokens_map.json`` and ``generation_config.json``;
     returns the file names. The files are built and checked in a temporary folder and copied
     into ``folder`` only when their ids equal SentencePiece's on ``SAMPLE_TEXTS`` and
-    ``check_texts``; else one line names the first text that differs."""
+    ``check_texts``; else one line names the first text that differs. ``seq2seq`` (T5): the
+    ids are ``sentencepiece.encode(text) + [eos]`` (no bos), as the seq2seq / t5 processors
+    encode a source, and generation_config.json starts the decoder at pad."""
     tokenizer = SpmTokenizer(spm_model_path)
     proto = _proto(tokenizer)
     texts = list(SAMPLE_TEXTS) + [t for t in check_texts if t]
     with tempfile.TemporaryDirectory(prefix="hf_tokenizer_") as tmp:
-        names = _write_spm_files(tokenizer, proto, tmp, model_max_length)
-        bad = _first_mismatch(tmp, tokenizer, texts)
+        names = _write_spm_files(tokenizer, proto, tmp, model_max_length, seq2seq)
+        bad = _first_mismatch(tmp, tokenizer, texts, seq2seq)
         if bad is not None:
             text, got, want = bad
             raise TokenizerError(
@@ -89,9 +92,9 @@ def _proto(tokenizer):
     return proto
 
 
-def _write_spm_files(tokenizer, proto, folder, model_max_length):
+def _write_spm_files(tokenizer, proto, folder, model_max_length, seq2seq=False):
     shutil.copyfile(tokenizer.path, os.path.join(folder, "tokenizer.model"))
-    _fast_tokenizer(tokenizer, proto).save(os.path.join(folder, HF_FILE))
+    _fast_tokenizer(tokenizer, proto, seq2seq).save(os.path.join(folder, HF_FILE))
     specials = {"bos_token": tokenizer.id_to_piece(tokenizer.bos_id),
                 "eos_token": tokenizer.id_to_piece(tokenizer.eos_id),
                 "unk_token": tokenizer.id_to_piece(tokenizer.unk_id)}
@@ -101,8 +104,8 @@ def _write_spm_files(tokenizer, proto, folder, model_max_length):
         # tokenizer.json as written: transformers' LlamaTokenizer would rebuild it without
         # the normalizer (and as BPE, also for unigram models)
         "tokenizer_class": "PreTrainedTokenizerFast",
-        "add_bos_token": True,
-        "add_eos_token": False,
+        "add_bos_token": not seq2seq,
+        "add_eos_token": seq2seq,
         "clean_up_tokenization_spaces": False,
         **specials,
         "pad_token": specials.get("pad_token"),
@@ -111,7 +114,7 @@ def _write_spm_files(tokenizer, proto, folder, model_max_length):
         config["model_max_length"] = model_max_length
     _write_json(folder, "tokenizer_config.json", config)
     _write_json(folder, "special_tokens_map.json", specials)
-    _write_generation_config(folder, tokenizer)
+    _write_generation_config(folder, tokenizer, seq2seq)
     return ["tokenizer.model", HF_FILE, "tokenizer_config.json", "special_tokens_map.json",
             "generation_config.json"]
 
@@ -132,7 +135,7 @@ def _bpe_merges(proto, vocab):
     return [(left, right) for _, left, right in merges]
 
 
-def _fast_tokenizer(tokenizer, proto):
+def _fast_tokenizer(tokenizer, proto, seq2seq=False):
     """A ``tokenizers.Tokenizer`` computing what SentencePiece computes for ``proto``."""
     from tokenizers import (AddedToken, Regex, Tokenizer, decoders, models, normalizers,
                             processors)
@@ -175,13 +178,19 @@ def _fast_tokenizer(tokenizer, proto):
                              for p in pieces if p.type in (_CONTROL, _UNKNOWN)])
     fast.add_tokens([AddedToken(p.piece, special=False, normalized=False)
                      for p in pieces if p.type == _USER_DEFINED])
+    if seq2seq:  # T5: text then eos
+        eos = tokenizer.id_to_piece(tokenizer.eos_id)
+        fast.post_processor = processors.TemplateProcessing(
+            single=f"$A {eos}", pair=f"$A {eos} $B {eos}",
+            special_tokens=[(eos, tokenizer.eos_id)])
+        return fast
     bos = tokenizer.id_to_piece(tokenizer.bos_id)
     fast.post_processor = processors.TemplateProcessing(
         single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tokenizer.bos_id)])
     return fast
 
 
-def _first_mismatch(folder, tokenizer, texts):
+def _first_mismatch(folder, tokenizer, texts, seq2seq=False):
     """(text, ids, SentencePiece ids) of the first text whose ids differ, or None: through
     ``tokenizers``, and through ``AutoTokenizer`` (what users load) when transformers is
     installed."""
@@ -199,7 +208,8 @@ def _first_mismatch(folder, tokenizer, texts):
         transformers.logging.set_verbosity_error()  # no "longer than model_max_length" notes
     try:
         for text in texts:
-            want = [tokenizer.bos_id] + tokenizer.encode(text)
+            want = (tokenizer.encode(text) + [tokenizer.eos_id] if seq2seq
+                    else [tokenizer.bos_id] + tokenizer.encode(text))
             for encode in encoders:
                 got = encode(text)
                 if got != want:
@@ -210,14 +220,17 @@ def _first_mismatch(folder, tokenizer, texts):
             transformers.logging.set_verbosity(verbosity)
 
 
-def _write_generation_config(folder, tokenizer):
-    _write_json(folder, "generation_config.json", {
-        "bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id,
-        "pad_token_id": tokenizer.pad_id,
-    })
+def _write_generation_config(folder, tokenizer, seq2seq=False):
+    if seq2seq:  # T5: the decoder starts at pad
+        content = {"decoder_start_token_id": tokenizer.pad_id, "eos_token_id": tokenizer.eos_id,
+                   "pad_token_id": tokenizer.pad_id}
+    else:
+        content = {"bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id,
+                   "pad_token_id": tokenizer.pad_id}
+    _write_json(folder, "generation_config.json", content)
 
 
-def copy_hf_tokenizer(tokenizer, folder, model_max_length=None):
+def copy_hf_tokenizer(tokenizer, folder, model_max_length=None, seq2seq=False):
     """Copy an HfTokenizer's tokenizer.json and the tokenizer_config.json /
     special_tokens_map.json beside it; without a tokenizer_config.json, write one naming the
     special tokens for ``PreTrainedTokenizerFast`` (its post-processor adds the bos, as ours
@@ -242,7 +255,7 @@ def copy_hf_tokenizer(tokenizer, folder, model_max_length=None):
             config["model_max_length"] = model_max_length
         _write_json(folder, TOKEN_FILES[0], config)
         written.append(TOKEN_FILES[0])
-    _write_generation_config(folder, tokenizer)
+    _write_generation_config(folder, tokenizer, seq2seq)
     return written + ["generation_config.json"]
 
 
@@ -259,9 +272,10 @@ def write_chat_template(folder, jinja, stop_ids):
         _write_json(folder, name, content)
 
 
-def export_tokenizer(tokenizer, folder, model_max_length=None, check_texts=()):
+def export_tokenizer(tokenizer, folder, model_max_length=None, check_texts=(), seq2seq=False):
     """The tokenizer files of either kind (tencentpretrain/tokenizer.py) into ``folder``;
-    a SentencePiece model's are checked on ``SAMPLE_TEXTS`` + ``check_texts`` first."""
+    a SentencePiece model's are checked on ``SAMPLE_TEXTS`` + ``check_texts`` first.
+    ``seq2seq``: T5's encoding (text + eos) and decoder start (pad)."""
     if isinstance(tokenizer, HfTokenizer):
-        return copy_hf_tokenizer(tokenizer, folder, model_max_length)
-    return write_hf_tokenizer(tokenizer.path, folder, model_max_length, check_texts)
+        return copy_hf_tokenizer(tokenizer, folder, model_max_length, seq2seq)
+    return write_hf_tokenizer(tokenizer.path, folder, model_max_length, check_texts, seq2seq)
