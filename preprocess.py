@@ -72,6 +72,12 @@ def build_parser():
                         help="t5: fraction of tokens masked by span corruption (default 0.15).")
     parser.add_argument("--mean_noise_span_length", type=float, default=None,
                         help="t5: mean length of a masked span (default 3).")
+    parser.add_argument("--tgt_seq_length", type=int, default=None,
+                        help="seq2seq: target tokens kept per pair, eos included (default: "
+                             "--seq_length, which bounds the source).")
+    parser.add_argument("--too_long", choices=["truncate", "skip"], default=None,
+                        help="seq2seq: a source or target over its length is truncated (default, "
+                             "eos kept last) or the pair skipped; both counted in the summary.")
     parser.add_argument("--shard_tokens", type=int, default=SHARD_TOKENS,
                         help="Start a new shard once a shard would exceed this many tokens.")
     parser.add_argument("--no_progress", action="store_true",
@@ -79,16 +85,20 @@ def build_parser():
     return parser
 
 
+# options only one processor takes -> that processor
+PROCESSOR_OPTIONS = {"noise_density": "t5", "mean_noise_span_length": "t5",
+                     "tgt_seq_length": "seq2seq", "too_long": "seq2seq"}
+
+
 def span_options(args):
-    """t5's span-corruption options (None for other processors, which refuse them)."""
-    given = {k: v for k, v in (("noise_density", args.noise_density),
-                               ("mean_noise_span_length", args.mean_noise_span_length))
-             if v is not None}
-    if PROCESSORS.get(args.data_processor) != "t5":
-        if given:
-            raise DatasetError(f"--{next(iter(given))} applies to --data_processor t5 only")
-        return None
-    return given
+    """The options of t5 (span corruption) or seq2seq (None for other processors); an option
+    given to a processor that does not take it is refused."""
+    name = PROCESSORS.get(args.data_processor)
+    given = {k: getattr(args, k) for k in PROCESSOR_OPTIONS if getattr(args, k) is not None}
+    for key in given:
+        if PROCESSOR_OPTIONS[key] != name:
+            raise DatasetError(f"--{key} applies to --data_processor {PROCESSOR_OPTIONS[key]} only")
+    return given if name in PROCESSOR_OPTIONS.values() else None
 
 
 def main(argv=None):

@@ -83,7 +83,7 @@ def test_the_earliest_error_is_reported(tmp_path, llama_spm):
 @pytest.mark.parametrize("options, message, error", [
     ({"seq_length": 1}, "--seq_length must be at least 2, got 1", DatasetError),
     ({"processes_num": 0}, "--processes_num must be at least 1, got 0", DatasetError),
-    ({"data_processor": "bert"}, "--data_processor bert: unknown (choose from lm, llm_pretrain, alpaca, llm_sft, conversation, t5)", DatasetError),
+    ({"data_processor": "bert"}, "--data_processor bert: unknown (choose from lm, llm_pretrain, alpaca, llm_sft, conversation, t5, seq2seq)", DatasetError),
     ({"prompt_template": "t.json"}, "--prompt_template applies to --data_processor alpaca only", DatasetError),
 ])
 def test_bad_options(tmp_path, llama_spm, options, message, error):

@@ -387,6 +387,9 @@ def format_summary(summary):
     if summary.get("dropped_pairs") is not None:
         lines.append(f"truncated  {summary['truncated']:,} conversations kept their first pairs "
                      f"({summary['dropped_pairs']:,} later pairs dropped to fit seq_length)")
+    if summary["data_processor"] == "seq2seq":
+        lines.append(f"truncated  {summary['truncated']:,} pairs cut to fit --seq_length (source) "
+                     "/ --tgt_seq_length (target)")
     if summary["with_prompts"]:
         lines.append(f"truncated  {summary['truncated']:,} answers cut to fit seq_length")
         how = "packed" if summary["packed"] else "one example per sample"

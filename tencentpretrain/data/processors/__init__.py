@@ -10,10 +10,11 @@ from ..format import DatasetError
 from .alpaca import AlpacaProcessor
 from .conversation import ConversationProcessor
 from .lm import LmProcessor
+from .seq2seq import Seq2seqProcessor
 from .t5 import T5Processor
 
 str2processor = {"lm": LmProcessor, "alpaca": AlpacaProcessor, "conversation": ConversationProcessor,
-                 "t5": T5Processor}
+                 "t5": T5Processor, "seq2seq": Seq2seqProcessor}
 ALIASES = {"llm_pretrain": "lm", "llm_sft": "alpaca"}  # TencentPretrain's names
 
 
