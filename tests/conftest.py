@@ -32,6 +32,20 @@ def pytest_terminal_summary(terminalreporter):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "shared_data: the test reads ../shared/data")
+    config.addinivalue_line("markers", "slow: a multi-rank DeepSpeed launch or a --compile run "
+                                       "(make test runs them, make test-fast skips them)")
+
+
+# DeepSpeed launches of several ranks and torch.compile runs: minutes each on 2 cores
+SLOW_MODULES = {"test_pretrain_deepspeed.py", "test_packing_zero3.py", "test_vocab_zero3.py",
+                "test_lora_deepspeed.py", "test_compile.py"}
+SLOW_NAMES = ("two_ranks",)  # one such test in a module that is otherwise quick
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.path.name in SLOW_MODULES or any(name in item.name for name in SLOW_NAMES):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(autouse=True)
