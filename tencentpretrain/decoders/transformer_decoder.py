@@ -125,12 +125,15 @@ class TransformerDecoder(Encoder):
         hidden, layers = tgt, list(self.transformer_decoder)
         if self.checkpointing():
             group = self.checkpoint_layers_num
+            # the self-attention mask carries the trained position bias: an argument, so a
+            # reentrant checkpoint (DeepSpeed's) returns its gradient per group
+            trained = (self_mask,) if torch.is_tensor(self_mask) and self_mask.requires_grad else ()
             for start in range(0, len(layers), group):
-                def run(x, mem, chunk=layers[start:start + group]):
+                def run(x, mem, *mask, chunk=layers[start:start + group]):
                     for layer in chunk:
-                        x = layer(x, mem, self_mask, cross_mask)
+                        x = layer(x, mem, mask[0] if mask else self_mask, cross_mask)
                     return x
-                hidden = self.checkpoint_fn(run, hidden, memory)
+                hidden = self.checkpoint_fn(run, hidden, memory, *trained)
         else:
             for i, layer in enumerate(layers):
                 mem = memory

@@ -75,12 +75,16 @@ class TransformerEncoder(Encoder):
         layers = list(self.transformer)
         if self.checkpointing():
             group = self.checkpoint_layers_num
+            # a mask carrying a trained bias (T5's relative positions) is an argument, so a
+            # reentrant checkpoint (DeepSpeed's) returns its gradient per group instead of
+            # running backward through the bias's graph once per group
+            trained = (attn_mask,) if torch.is_tensor(attn_mask) and attn_mask.requires_grad else ()
             for start in range(0, len(layers), group):
-                def run(x, chunk=layers[start:start + group]):
+                def run(x, *mask, chunk=layers[start:start + group]):
                     for layer in chunk:
-                        x = layer(x, rotary, attn_mask, is_causal)
+                        x = layer(x, rotary, mask[0] if mask else attn_mask, is_causal)
                     return x
-                hidden = self.checkpoint_fn(run, hidden)
+                hidden = self.checkpoint_fn(run, hidden, *trained)
         else:
             for layer in layers:
                 hidden = layer(hidden, rotary, attn_mask, is_causal, kv_cache)
