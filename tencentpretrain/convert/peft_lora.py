@@ -23,6 +23,11 @@ PEFT_WEIGHTS = "adapter_model.safetensors"
 
 def _pairs(lora: LoraConfig, config: ModelConfig):
     """(our name, PEFT name, heads to permute or None) of every tensor of an adapter."""
+    if config.decoder:
+        raise ConfigError(f"{config.source}: PEFT adapter names are mapped for LLaMA-family "
+                          "models only; merge a T5 adapter (scripts/merge_lora.py) and export "
+                          "the merged weights (scripts/convert_t5_from_tencentpretrain_to_"
+                          "huggingface.py)")
     return layout.peft_pairs(lora.targets, lora.modules_to_save, config)
 
 

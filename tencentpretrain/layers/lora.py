@@ -23,6 +23,11 @@ from tencentpretrain.utils.weights import WeightsError
 # adapters (e.g. after a vocabulary extension) -> their path. Both are the layout's names.
 TARGETS = layout.LINEARS
 MODULES_TO_SAVE = layout.WHOLE_MODULES
+# Encoder-decoder configs (T5): the decoder layers' cross-attention linears, opt-in targets
+# (cross_q, cross_k, cross_v, cross_o); q, k, v, o, gate, up, down apply to the self-attention
+# and feed-forward of encoder and decoder layers alike.
+CROSS_TARGETS = {f"cross_{short}": path for short, path in layout.CROSS_LINEARS.items()}
+KNOWN_TARGETS = {**TARGETS, **CROSS_TARGETS}
 
 
 # keys an adapter's JSON holds beside the LoraConfig (the base it was trained on, adapters.py)
@@ -51,7 +56,7 @@ class LoraConfig:
             raise ConfigError(f"{label('alpha')} must be positive, got {self.alpha!r}")
         if not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
             raise ConfigError(f"{label('dropout')} must be in [0, 1), got {self.dropout!r}")
-        for field, names, known in [("targets", self.targets, TARGETS),
+        for field, names, known in [("targets", self.targets, KNOWN_TARGETS),
                                     ("modules_to_save", self.modules_to_save, MODULES_TO_SAVE)]:
             unknown = [n for n in names if n not in known]
             if unknown:
@@ -134,15 +139,22 @@ def target_paths(model, config):
     """{our module path: target name} of every linear ``config`` targets in ``model``;
     a target the model does not have (gate in a dense feed-forward) is a ConfigError."""
     paths = {}
+    if not getattr(model, "decoder", None) and any(t in CROSS_TARGETS for t in config.targets):
+        raise ConfigError(f"LoRA targets {', '.join(CROSS_TARGETS)} are the cross-attention of "
+                          f"a decoder; {model.config.source} names no decoder")
+    decoder_layers = ({id(layer) for layer in model.decoder.layers()}
+                      if getattr(model, "decoder", None) else set())
     for layer_path, layer in layout.named_layers(model):
         for target in config.targets:
-            parent, attr = _submodule(layer, TARGETS[target])
+            if target in CROSS_TARGETS and id(layer) not in decoder_layers:
+                continue  # cross-attention: decoder layers only
+            parent, attr = _submodule(layer, KNOWN_TARGETS[target])
             module = getattr(parent, attr, None)
             if not isinstance(module, (nn.Linear, LoraLinear)):
-                raise ConfigError(f"LoRA target {target!r} ({TARGETS[target]}) is not a linear "
-                                  f"layer of {model.config.source} (feed_forward "
+                raise ConfigError(f"LoRA target {target!r} ({KNOWN_TARGETS[target]}) is not a "
+                                  f"linear layer of {model.config.source} (feed_forward "
                                   f"{model.config.feed_forward!r})")
-            paths[f"{layer_path}.{TARGETS[target]}"] = target
+            paths[f"{layer_path}.{KNOWN_TARGETS[target]}"] = target
     return paths
 
 
@@ -201,9 +213,14 @@ def merge_into_state_dict(state, adapter_state, config, model_config):
     """The merged weights from a base state dict and an adapter (ours), tensor by tensor,
     without building the model: W + delta in fp32, stored in W's dtype."""
     merged = dict(state)
-    for i in range(model_config.layers_num):
+    layers = [(layout.layer_name(i), False) for i in range(model_config.layers_num)]
+    if model_config.decoder:
+        layers += [(layout.decoder_layer_name(i), True) for i in range(model_config.decoder_layers)]
+    for layer, is_decoder in layers:
         for target in config.targets:
-            prefix = layout.layer_name(i, TARGETS[target])
+            if target in CROSS_TARGETS and not is_decoder:
+                continue
+            prefix = f"{layer}.{KNOWN_TARGETS[target]}"
             weight = state[f"{prefix}.weight"]
             delta = lora_delta(adapter_state[f"{prefix}.lora_A"],
                                adapter_state[f"{prefix}.lora_B"], config.scaling)

@@ -144,7 +144,8 @@ def _add_lora_arguments(parser):
                            f"{continued}).")
     lora.add_argument("--lora_target_modules", default=None,
                       help=f"Comma-separated, from {','.join(TARGETS)} (default: all, "
-                           f"{continued}).")
+                           f"{continued}); encoder-decoder configs (T5) also "
+                           "cross_q,cross_k,cross_v,cross_o (the decoder's cross-attention).")
     lora.add_argument("--lora_modules_to_save", default=None,
                       help=f"Comma-separated, from {','.join(MODULES_TO_SAVE)}: trained whole "
                            f"(e.g. after a vocabulary extension) (default: none, {continued}).")
