@@ -165,6 +165,10 @@ def config_from_dict(raw, source="<dict>"):
             raise ConfigError(f'unknown key "{key}" in {source}; known: {", ".join(sorted(known))}')
         values[key] = _check_type(key, value, source)
     cfg = ModelConfig(source=source, **values)
+    if cfg.decoder and raw.get("share_embedding", True) is not True:
+        raise ConfigError(f'"share_embedding" {raw["share_embedding"]!r} in {source}: the decoder '
+                          "embeds its input with the encoder's embedding (T5's shared); a "
+                          'separate target embedding is not supported (use "share_embedding": true)')
     if cfg.hidden_size % cfg.heads_num and not cfg.attention_head_size:
         raise ConfigError(f'"hidden_size" {cfg.hidden_size} is not divisible by "heads_num" '
                           f"{cfg.heads_num} in {source}")

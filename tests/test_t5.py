@@ -198,3 +198,42 @@ def test_greedy_generation_equals_transformers_generate(pair):
     # one at a time: the same
     assert [generate_seq2seq(ours, [p], 12, eos_id=1, pad_id=0, options=greedy)[0]
             for p in PROMPTS] == got
+
+
+def test_training_from_scratch_uses_t5_initialisation():
+    """Each tensor's spread equals transformers' T5 init (T5PreTrainedModel._init_weights), and
+    block-by-block initialisation (ZeRO-3's rank 0) equals the whole model's bit for bit."""
+    hf_keys = dict(TINY["v1_1"], d_model=128, d_ff=256, d_kv=32, num_heads=4, vocab_size=2000)
+    config = config_from_hf(dict(hf_keys, model_type="t5"))
+    torch.manual_seed(0)
+    ours = tencentpretrain.build_model(config, 2000)
+    ours.init_weights()
+    torch.manual_seed(0)
+    hf = transformers.T5ForConditionalGeneration(transformers.T5Config(**hf_keys))
+    hf_state = hf.state_dict()
+    for name, tensor in layout.to_hf(ours.state_dict(), config).items():
+        if name == "lm_head.weight":  # transformers >= 5 ties it to shared in memory
+            assert abs(tensor.std().item() - 1.0) < 0.05
+            continue
+        expected = hf_state[name].float().std().item()
+        if "layer_norm" in name:
+            assert torch.equal(tensor, torch.ones_like(tensor)), name
+        else:
+            assert abs(tensor.std().item() / expected - 1) < 0.2, (name, tensor.std(), expected)
+    torch.manual_seed(1)
+    whole = tencentpretrain.build_model(config, 2000)
+    whole.init_weights()
+    torch.manual_seed(1)
+    blocks = tencentpretrain.build_model(config, 2000)
+    for block in layout.blocks(blocks):
+        type(blocks).init_weights(block, 0.02, blocks.config)
+    b = blocks.state_dict()
+    assert all(torch.equal(v, b[k]) for k, v in whole.state_dict().items())
+
+
+def test_a_separate_target_embedding_is_refused():
+    from tencentpretrain.config import ConfigError, config_from_dict
+    import json
+    raw = json.load(open(os.path.join(ROOT, "models/t5-v1_1/tiny_config.json")))
+    with pytest.raises(ConfigError, match="share_embedding"):
+        config_from_dict({**raw, "share_embedding": False}, source="cfg")

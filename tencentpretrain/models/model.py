@@ -71,9 +71,17 @@ class Model(nn.Module):
         return outputs[0] if len(outputs) == 1 else outputs
 
     @torch.no_grad()
-    def init_weights(self, std=0.02):
+    def init_weights(self, std=0.02, config=None):
         """GPT/LLaMA initialisation for training from scratch: N(0, std) matrices,
-        zero biases, unit norms. Loading a checkpoint overwrites all of it."""
+        zero biases, unit norms. Loading a checkpoint overwrites all of it. T5 configs
+        (a decoder, relative position bias, no attention scale) get T5's own (models/t5_init.py).
+        ``self`` may be one block of the model (ZeRO-3 initialises block by block): then
+        ``config`` is the model's."""
+        from tencentpretrain.models.t5_init import init_t5_weights, is_t5_config
+        config = config or getattr(self, "config", None)
+        if config is not None and is_t5_config(config):
+            init_t5_weights(self, config)
+            return
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
                 nn.init.normal_(module.weight, mean=0.0, std=std)

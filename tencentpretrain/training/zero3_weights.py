@@ -57,7 +57,7 @@ def init_weights(model, zero3, rank, std=0.02):
     for block in layout.blocks(model):
         with deepspeed.zero.GatheredParameters(list(block.parameters()), modifier_rank=0):
             if rank == 0:
-                type(model).init_weights(block, std)  # the model's own rule, on one block
+                type(model).init_weights(block, std, model.config)  # the model's rule, one block
 
 
 @torch.no_grad()
