@@ -17,7 +17,8 @@ def parse_args(argv=None):
     add_model_options(parser)
     data = parser.add_argument_group("data")
     source = data.add_mutually_exclusive_group(required=True)
-    source.add_argument("--dataset_path", help="Output folder of preprocess.py (lm or alpaca).")
+    source.add_argument("--dataset_path", help="Output folder of preprocess.py (lm, alpaca; t5 / seq2seq: "
+                             "target-side perplexity).")
     source.add_argument("--test_path", help="Raw UTF-8 text, one document per line.")
     data.add_argument("--seq_length", type=int, default=None,
                       help="--test_path: tokens per sample (default: the config's "

@@ -5,6 +5,11 @@ through the same backends and train_step as pretrain.py, on random tokens.
         --vocab_size 32000 --batch_size 8 --seq_length 512 [--use_lora]
     deepspeed --num_gpus 2 scripts/benchmark_train.py --deepspeed \
         --deepspeed_config models/deepspeed_zero3_config.json --enable_zero3 ...
+    # encoder-decoder (T5): sources of --seq_length, targets of --tgt_seq_length
+    python3 scripts/benchmark_train.py --config_path models/t5-v1_1/small_config.json \
+        --vocab_size 32128 --batch_size 8 --seq_length 512 --tgt_seq_length 114
+
+tokens/s counts source (encoder input) tokens, as pretrain.py reports them.
 """
 import argparse
 import os
@@ -39,6 +44,9 @@ def build_parser():
     run = parser.add_argument_group("run")
     run.add_argument("--batch_size", type=int, default=8, help="Per rank.")
     run.add_argument("--seq_length", type=int, default=512)
+    run.add_argument("--tgt_seq_length", type=int, default=None,
+                     help="Encoder-decoder configs: target tokens per sample (default: "
+                          "seq_length // 4; T5 span corruption of 512 gives 114).")
     run.add_argument("--steps", type=int, default=10, help="Timed steps.")
     run.add_argument("--warmup_steps", type=int, default=2, help="Untimed steps first.")
     run.add_argument("--threads", type=int, default=None, help="torch CPU threads.")
@@ -67,6 +75,18 @@ def model_config(args):
         "feedforward_size": args.feedforward_size or -(-(8 * args.hidden_size // 3) // 256) * 256,
         "heads_num": args.heads_num, "layers_num": args.layers_num,
         "max_seq_length": args.seq_length}, source="benchmark shape")
+
+
+def random_seq2seq_batch(args, generator):
+    """A t5 / seq2seq batch (data/seq2seq.py collate_seq2seq's keys): full sources and
+    targets, the decoder input the target shifted right behind pad (0)."""
+    tgt_length = args.tgt_seq_length or max(args.seq_length // 4, 1)
+    source = torch.randint(4, args.vocab_size, (args.batch_size, args.seq_length),
+                           generator=generator)
+    target = torch.randint(4, args.vocab_size, (args.batch_size, tgt_length), generator=generator)
+    tgt_ids = torch.cat([torch.zeros(args.batch_size, 1, dtype=torch.long), target[:, :-1]], 1)
+    return {"input_ids": source, "seg": torch.ones_like(source), "tgt_ids": tgt_ids,
+            "labels": target, "loss_mask": torch.ones_like(target, dtype=torch.bool)}
 
 
 def random_batch(args, generator):
@@ -99,7 +119,8 @@ def main():
     except UserError as e:
         sys.exit(f"error: {e}")
     generator = torch.Generator().manual_seed(backend.rank)
-    batches = [random_batch(args, generator) for _ in range(4)]
+    make = random_seq2seq_batch if model.config.decoder else random_batch
+    batches = [make(args, generator) for _ in range(4)]
     for step in range(args.warmup_steps):
         train_step(backend, [batches[step % 4]])
     start = time.perf_counter()
@@ -115,12 +136,16 @@ def main():
     training = f"LoRA r {args.lora_r}" if args.use_lora else "full"
     mode += "".join([", activation checkpointing" * args.deepspeed_checkpoint_activations,
                      ", compiled layers" * args.compile])
+    target = ""
+    if model.config.decoder:
+        target = (f" -> {args.tgt_seq_length or max(args.seq_length // 4, 1)} (decoder layers "
+                  f"{model.config.decoder_layers}; source tokens/s)")
     say(f"{mode}, {training}, {backend.precision}, {torch.get_num_threads()} threads | layers "
         f"{model.config.layers_num} hidden {model.config.hidden_size} heads "
         f"{model.config.heads_num} vocab {args.vocab_size} | batch {args.batch_size} x "
-        f"{args.seq_length} per rank | {tokens_per_s:,.0f} tokens/s | peak RSS "
+        f"{args.seq_length}{target} per rank | {tokens_per_s:,.0f} tokens/s | peak RSS "
         f"{peak_rss / 2 ** 20:.2f} GiB (all ranks)")
-    peak = peak_flops()
+    peak = peak_flops() if not model.config.decoder else None  # flops_per_token: decoder-only
     if peak:
         mfu = tokens_per_s * flops_per_token(model, args.seq_length) / (peak * backend.world_size)
         say(f"MFU {100 * mfu:.1f}%")

@@ -43,7 +43,7 @@ class ModelConfig:
     qkv_bias: bool = False  # biases on q/k/v only (Qwen2), whatever remove_transformer_bias says
     rope_scaling: dict = None  # {"rope_type": "linear" | "llama3", "factor": ..., ...}
     sliding_window: int = None  # attend to at most this many most recent positions (Mistral)
-    # encoder-decoder (T5, docs/t5.md); saved configs carry these only when set (T5_KEYS)
+    # encoder-decoder (T5, docs/encoder_decoder.md); saved configs carry these only when set (T5_KEYS)
     decoder_layers_num: int = None  # decoder layers (default: layers_num)
     attention_head_size: int = None  # per head (default: hidden_size / heads_num)
     remove_attention_scale: bool = False  # no 1/sqrt(head size) on the scores (T5)

@@ -125,3 +125,12 @@ def test_seq2seq_tuning_lowers_the_loss_and_generation_reproduces_a_target(tmp_p
     assert done.returncode == 0, done.stderr[-2000:]
     predictions = pred.read_text(encoding="utf-8").splitlines()
     assert sum(p == t for p, (_, t) in zip(predictions, PAIRS)) >= 3, predictions
+    # evaluate_ppl.py on the seq2seq dataset: target-side perplexity (target tokens counted)
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "inference", "evaluate_ppl.py"),
+                           "--load_model_path", out, "--config_path", T5_TINY,
+                           "--spm_model_path", LLAMA_SPM, "--dataset_path", data],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    spm = SpmTokenizer(LLAMA_SPM)
+    targets = sum(len(spm.encode(t)) + 1 for _, t in PAIRS)
+    assert f"tokens: {targets} " in done.stdout, done.stdout + done.stderr
