@@ -8,8 +8,7 @@ from tencentpretrain.config import ConfigError, ModelConfig, load_config
 from tencentpretrain.decoders import str2decoder
 from tencentpretrain.embeddings import str2embedding
 from tencentpretrain.encoders import str2encoder
-from tencentpretrain.layers import (str2act, str2feedforward, str2layernorm,
-                                    str2layernorm_positioning)
+from tencentpretrain.layers import LAYERNORM_POSITIONS, str2act, str2feedforward, str2layernorm
 from tencentpretrain.layers.masks import str2mask
 from tencentpretrain.models import layout
 from tencentpretrain.models.model import Model
@@ -25,7 +24,7 @@ _REGISTRIES = [
     ("mask", "mask", str2mask),
     ("feed_forward", "feed_forward", str2feedforward),
     ("layernorm", "layernorm", str2layernorm),
-    ("layernorm_positioning", "layernorm_positioning", str2layernorm_positioning),
+    ("layernorm_positioning", "layernorm_positioning", LAYERNORM_POSITIONS),
     ("hidden_act", "hidden_act", str2act),
 ]
 

@@ -7,6 +7,6 @@ from tencentpretrain.layers.rms_norm import RMSNorm
 
 str2layernorm = {"rms": RMSNorm, "normal": LayerNorm}
 str2feedforward = {"gated": GatedFeedForward, "dense": PositionwiseFeedForward}
-str2layernorm_positioning = {"pre": "pre", "post": "post"}
+LAYERNORM_POSITIONS = ("pre", "post")  # a choice the layers read, not a registry of classes
 
-__all__ = ["str2act", "str2layernorm", "str2feedforward", "str2layernorm_positioning"]
+__all__ = ["str2act", "str2layernorm", "str2feedforward", "LAYERNORM_POSITIONS"]
