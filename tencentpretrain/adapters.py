@@ -11,7 +11,8 @@ import torch
 
 from tencentpretrain.config import ConfigError
 from tencentpretrain.convert.peft_lora import PEFT_CONFIG, read_peft_dir
-from tencentpretrain.layers.lora import LoraConfig
+from tencentpretrain.layers.lora import MODULES_TO_SAVE, LoraConfig, check_adapter_state, inject_lora
+from tencentpretrain.model_builder import build_model
 from tencentpretrain.models.layout import OUTPUT
 from tencentpretrain.utils.files import read_json
 from tencentpretrain.utils.weights import WeightsError, load_state_dict_file, save_state_dict_file
@@ -123,7 +124,6 @@ def load_adapter(model, path):
     """Inject the adapter at ``path`` into ``model`` (a plain, unpartitioned one) and load it.
     An adapter recorded as trained on another base loads with a ``warning:`` line on stderr
     (its output is not what it was trained to give)."""
-    from tencentpretrain.layers.lora import check_adapter_state, inject_lora
     lora_config, state = read_adapter(path, model.config)
     if adapter_base(path) is not None:
         line = other_base(path, base_fingerprint(model, model.config.tie_weights), "this base")
@@ -140,8 +140,6 @@ def load_adapter(model, path):
 def check_adapter(model_config, lora_config, state, path, vocab_size=None):
     """Shapes of an adapter against a config, on the meta device (nothing allocated).
     Without ``vocab_size`` it comes from the adapter's modules_to_save tensors, if any."""
-    from tencentpretrain.layers.lora import MODULES_TO_SAVE, check_adapter_state, inject_lora
-    from tencentpretrain.model_builder import build_model
     if vocab_size is None:
         rows = [state[f"{MODULES_TO_SAVE[m]}.weight"].shape[0] for m in lora_config.modules_to_save
                 if f"{MODULES_TO_SAVE[m]}.weight" in state]
