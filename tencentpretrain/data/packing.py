@@ -48,6 +48,19 @@ def pack_order(lengths, capacity):
     return order, np.array([len(b) for b in bins], np.int64)
 
 
+def pack_block(lengths, capacity):
+    """One block of examples packed: (gather, sample lengths, example order, example lengths
+    in that order), where ``tokens[gather]`` lays the block's tokens out sample after sample
+    (any per-token array of the block is gathered alike)."""
+    order, per_sample = pack_order(lengths, capacity)
+    starts = np.cumsum(lengths) - lengths
+    packed_lengths = lengths[order]
+    packed_starts = np.cumsum(packed_lengths) - packed_lengths
+    gather = np.repeat(starts[order] - packed_starts, packed_lengths) + np.arange(lengths.sum())
+    sample_lengths = np.add.reduceat(packed_lengths, np.cumsum(per_sample) - per_sample)
+    return gather, sample_lengths, order, packed_lengths
+
+
 def run_starts(seg):
     """True where a run of equal ``seg`` begins (a new document or example; a run of padding
     counts as one): the first position, and wherever ``seg`` changes. ``seg``: a torch tensor."""

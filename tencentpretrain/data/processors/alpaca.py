@@ -6,13 +6,9 @@ to seq_length + 1, with its prompt length (bos included) stored for --prefix_lm_
 (packing.py) and each shard also stores where its examples start (``.doc.npy``), so
 training isolates them.
 """
-from itertools import chain
-
-import numpy as np
-
 from ...prompts import ALPACA_TEMPLATE, build_prompt, load_template
 from ..format import OFFSET_DTYPE, PROMPT_DTYPE
-from ..packing import PACK_BLOCK, pack_order
+from ..packing import PACK_BLOCK, pack_block
 from .base import (BATCH_CHARS, PROMPT_TOO_LONG, ConcatReader, Processor, iter_raw,
                    text_field)
 
@@ -64,12 +60,7 @@ class AlpacaProcessor(Processor):
                 del sample[limit:]
             samples.append(sample)
             prompt_lengths.append(len(prompt))
-        lengths = np.fromiter(map(len, samples), OFFSET_DTYPE, len(samples))
-        self.write(".tokens", np.fromiter(chain.from_iterable(samples), self.dtype, lengths.sum()))
-        self.write(".lengths", lengths)
-        self.write(".prompts", np.array(prompt_lengths, PROMPT_DTYPE))
-        self.documents += len(samples)
-        self.tokens += int(lengths.sum())
+        self.write_examples(samples, prompt_lengths)
         self.prompts, self.answers, self.chars = [], [], 0
 
     @classmethod
@@ -87,12 +78,6 @@ class AlpacaProcessor(Processor):
         all_prompts = ConcatReader([p + ".prompts" for p in prefixes], PROMPT_DTYPE)
         while (lengths := all_lengths.read(PACK_BLOCK)).size:
             prompts, block = all_prompts.read(lengths.size), tokens.read(int(lengths.sum()))
-            order, per_sample = pack_order(lengths, task.seq_length + 1)
-            starts = np.cumsum(lengths) - lengths
-            packed_lengths = lengths[order]
-            packed_starts = np.cumsum(packed_lengths) - packed_lengths
-            gather = np.repeat(starts[order] - packed_starts, packed_lengths) + np.arange(block.size)
-            sample_ends = np.cumsum(per_sample)
-            sample_lengths = np.add.reduceat(packed_lengths, sample_ends - per_sample)
+            gather, sample_lengths, order, packed_lengths = pack_block(lengths, task.seq_length + 1)
             writer.add(block[gather], sample_lengths, prompts[order], packed_lengths)
         return writer.close()

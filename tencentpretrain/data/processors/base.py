@@ -13,11 +13,12 @@ Registering one in processors/__init__.py is all builder.py and preprocess.py ne
 (``TokenDataset``, ``collate``) open what meta.json declares and never ask for the processor.
 """
 from collections import Counter
+from itertools import chain
 
 import numpy as np
 
 from ..corpus import TEXT, LineError
-from ..format import CorpusError, numpy_dtype
+from ..format import OFFSET_DTYPE, PROMPT_DTYPE, CorpusError, numpy_dtype
 
 COPY_ITEMS = 1 << 22  # tokens / offsets per step when the main process assembles shards
 BATCH_CHARS = 1 << 20  # text per tokenizer call: bounds the Python id lists (tens of MB)
@@ -90,6 +91,15 @@ class Processor:
 
     def write(self, ext, array):
         self.files[ext].write(array.tobytes())
+
+    def write_examples(self, samples, prompt_lengths):
+        """One example per sample with its prompt length (.tokens, .lengths, .prompts)."""
+        lengths = np.fromiter(map(len, samples), OFFSET_DTYPE, len(samples))
+        self.write(".tokens", np.fromiter(chain.from_iterable(samples), self.dtype, lengths.sum()))
+        self.write(".lengths", lengths)
+        self.write(".prompts", np.array(prompt_lengths, PROMPT_DTYPE))
+        self.documents += len(samples)
+        self.tokens += int(lengths.sum())
 
     def finish(self):
         self.flush()

@@ -21,7 +21,7 @@ import numpy as np
 from ...chat_templates import AlpacaTurn, ChatTemplateError, check_specials, encode_conversation, get_template
 from ..corpus import LineError
 from ..format import MASK_DTYPE, OFFSET_DTYPE
-from ..packing import PACK_BLOCK, pack_order
+from ..packing import PACK_BLOCK, pack_block
 from .base import FIRST_PAIR_TOO_LONG, ConcatReader, Processor, iter_raw, text_field
 
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant",
@@ -189,12 +189,6 @@ class ConversationProcessor(Processor):
         while (lengths := all_lengths.read(PACK_BLOCK)).size:
             n = int(lengths.sum())
             block, mask = tokens.read(n), masks.read(n)
-            order, per_sample = pack_order(lengths, task.seq_length + 1)
-            starts = np.cumsum(lengths) - lengths
-            packed_lengths = lengths[order]
-            packed_starts = np.cumsum(packed_lengths) - packed_lengths
-            gather = np.repeat(starts[order] - packed_starts, packed_lengths) + np.arange(block.size)
-            sample_ends = np.cumsum(per_sample)
-            sample_lengths = np.add.reduceat(packed_lengths, sample_ends - per_sample)
+            gather, sample_lengths, _, packed_lengths = pack_block(lengths, task.seq_length + 1)
             writer.add(block[gather], sample_lengths, None, packed_lengths, mask=mask[gather])
         return writer.close()

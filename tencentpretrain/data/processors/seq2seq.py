@@ -11,9 +11,6 @@ eos, as inference/generate_seq2seq.py cuts a source) or, with --too_long skip, t
 skipped; both are counted in the summary and meta.json.
 """
 from dataclasses import dataclass
-from itertools import chain
-
-import numpy as np
 
 from ..corpus import LineError
 from ..format import DatasetError, OFFSET_DTYPE, PROMPT_DTYPE
@@ -120,12 +117,7 @@ class Seq2seqProcessor(Processor):
                 self.truncated += 1
             samples.append(src + tgt)
             prompt_lengths.append(len(src))
-        lengths = np.fromiter(map(len, samples), OFFSET_DTYPE, len(samples))
-        self.write(".tokens", np.fromiter(chain.from_iterable(samples), self.dtype, lengths.sum()))
-        self.write(".lengths", lengths)
-        self.write(".prompts", np.array(prompt_lengths, PROMPT_DTYPE))
-        self.documents += len(samples)
-        self.tokens += int(lengths.sum())
+        self.write_examples(samples, prompt_lengths)
         self.sources, self.targets, self.chars = [], [], 0
 
     @classmethod
