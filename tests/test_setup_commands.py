@@ -25,7 +25,9 @@ def test_readme_commands_are_what_ci_and_the_quick_start_run():
     assert commands == ["make quickstart", "make test"]
     ci = [line.strip() for line in read(".ci/run").splitlines()
           if line.strip() and not line.startswith("#")]
-    assert "make test" in ci
+    assert "make quickstart" in ci and "make test" in ci  # both, in that order, in a fresh venv
+    assert ci.index("make quickstart") < ci.index("make test")
+    assert any(re.match(r"python3 -m venv ", line) for line in ci)
     assert make_dry_run("test") == ["bash scripts/install.sh --test",
                                     "python3 -m pytest -q tests"]
     assert make_dry_run("quickstart") == ["bash scripts/install.sh", "bash scripts/quickstart.sh"]

@@ -95,5 +95,12 @@ def test_t5_zero3_two_ranks_equal_one_process_and_lower_the_loss(t5_data, tmp_pa
     plain = str(tmp_path / "plain" / "m")
     run_in_process(t5_argv(t5_data, plain, steps=6, save=6, batch=4))
     plain_losses = logged_losses(capsys.readouterr().out)
-    assert_same_run(zero3, plain_losses, out + "-6", plain + "-6")
+    assert_same_run(zero3, plain_losses)  # losses to 2e-4
+    # Weights: Adam turns a near-zero gradient into a whole lr-sized step, so the other
+    # summation order of 2 ranks may flip a few such steps (T5's N(0, 1) head makes them
+    # likelier); every other element agrees to 1e-4.
+    a, b = load_state_dict_file(out + "-6"), load_state_dict_file(plain + "-6")
+    assert a.keys() == b.keys()
+    diffs = torch.cat([(a[k].float() - b[k].float()).abs().flatten() for k in a])
+    assert diffs.max() <= 2 * 3e-3 * 6 and (diffs > 1e-4).float().mean() < 1e-3, diffs.max()
     assert zero3[6] < zero3[1], zero3
