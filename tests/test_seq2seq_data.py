@@ -66,8 +66,9 @@ def test_jsonl_tsv_and_alpaca_records_give_source_and_target_with_eos(tmp_path):
 
 def test_too_long_sources_and_targets_are_truncated_or_skipped_and_counted(tmp_path):
     spm = SpmTokenizer(LLAMA_SPM)
-    pairs = [("short", "ok"), ("a much longer source sentence than four tokens", "ok"),
-             ("short", "a much longer target sentence than the limit")]
+    # "a" and "ok" are at most 2 tokens with LLaMA's and the demo tokenizer alike
+    pairs = [("a", "ok"), ("a much longer source sentence than four tokens", "ok"),
+             ("a", "a much longer target sentence than the limit")]
     corpus = write_jsonl(tmp_path / "long.jsonl", pairs)
     summary = preprocess(corpus, LLAMA_SPM, str(tmp_path / "t"), data_processor="seq2seq",
                          seq_length=4, progress=False, processor_options={"tgt_seq_length": 3})
