@@ -14,8 +14,8 @@ import sys
 from tencentpretrain.chat_templates import TEMPLATE_NAMES
 from tencentpretrain.data import PROCESSORS, format_summary, preprocess
 from tencentpretrain.data.format import SHARD_TOKENS, DatasetError
-from tencentpretrain.errors import UserError
 from tencentpretrain.tokenizer import add_tokenizer_options
+from tencentpretrain.utils.cli import run
 
 
 def build_parser():
@@ -105,21 +105,15 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     # let `kill` unwind like Ctrl-C, so the staging directory and the workers are cleaned up
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    try:
-        summary = preprocess(args.corpus_path, args.spm_model_path, args.dataset_path,
-                             data_processor=args.data_processor, seq_length=args.seq_length,
-                             processes_num=args.processes_num, seed=args.seed,
-                             prompt_template=args.prompt_template, shard_tokens=args.shard_tokens,
-                             progress=not args.no_progress, packing=args.packing,
-                             tokenizer_path=args.tokenizer_path, chat_template=args.chat_template,
-                             train_on_prompt=args.train_on_prompt, mask_history=args.mask_history,
-                             processor_options=span_options(args))
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted; no dataset was written", file=sys.stderr)
-        return 130
+    summary = run(lambda: preprocess(
+        args.corpus_path, args.spm_model_path, args.dataset_path,
+        data_processor=args.data_processor, seq_length=args.seq_length,
+        processes_num=args.processes_num, seed=args.seed, prompt_template=args.prompt_template,
+        shard_tokens=args.shard_tokens, progress=not args.no_progress, packing=args.packing,
+        tokenizer_path=args.tokenizer_path, chat_template=args.chat_template,
+        train_on_prompt=args.train_on_prompt, mask_history=args.mask_history,
+        processor_options=span_options(args)),
+        interrupted="interrupted; no dataset was written")  # exits 2 / 130 after one line
     print(format_summary(summary))
     return 0
 

@@ -97,9 +97,11 @@ def test_preprocess_options_belong_to_their_processor(tmp_path):
                  "--tgt_seq_length", "8", "--too_long", "skip", "--no_progress"]) == 0
     assert json.load(open(tmp_path / "d" / "meta.json"))["prompt_template"] == {
         "seq2seq": {"tgt_seq_length": 8, "too_long": "skip"}}
-    assert main(["--corpus_path", corpus, "--spm_model_path", LLAMA_SPM, "--dataset_path",
-                 str(tmp_path / "e"), "--data_processor", "lm", "--tgt_seq_length", "8",
-                 "--no_progress"]) == 2
+    with pytest.raises(SystemExit) as refused:
+        main(["--corpus_path", corpus, "--spm_model_path", LLAMA_SPM, "--dataset_path",
+              str(tmp_path / "e"), "--data_processor", "lm", "--tgt_seq_length", "8",
+              "--no_progress"])
+    assert refused.value.code == 2
 
 
 def test_seq2seq_tuning_lowers_the_loss_and_generation_reproduces_a_target(tmp_path):
