@@ -15,14 +15,12 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tencentpretrain.config import ConfigError, load_config  # noqa: E402
-from tencentpretrain.convert.hf_llama import check_output_folder  # noqa: E402
+from tencentpretrain.convert.hf_llama import check_output_folder, checked_hf_state  # noqa: E402
 from tencentpretrain.convert.hf_t5 import config_to_hf, tencentpretrain_to_hf  # noqa: E402
 from tencentpretrain.convert.hf_tokenizer import export_tokenizer  # noqa: E402
-from tencentpretrain.model_builder import build_model, check_state_dict, vocab_size_of  # noqa: E402
 from tencentpretrain.tokenizer import add_tokenizer_options, load_tokenizer  # noqa: E402
 from tencentpretrain.utils.cli import run  # noqa: E402
-from tencentpretrain.utils.weights import (WeightsError, load_state_dict_file,  # noqa: E402
-                                           save_state_dict_file)
+from tencentpretrain.utils.weights import save_state_dict_file  # noqa: E402
 
 
 def main(argv=None):
@@ -52,16 +50,8 @@ def convert(args):
                           "scripts/convert_tencentpretrain_to_llama_huggingface.py")
     config_to_hf(config, 0)  # refuses a shape T5ForConditionalGeneration does not compute
     check_output_folder(args.output_model_path)
-    state = load_state_dict_file(args.input_model_path)
-    vocab_size = vocab_size_of(state, args.input_model_path)
-    # every tensor's shape against the config, before anything is written
-    check_state_dict(build_model(config, vocab_size, device="meta"), state, args.input_model_path)
-    try:
-        hf_state = tencentpretrain_to_hf(state, config)
-    except KeyError as e:
-        raise WeightsError(f"{args.input_model_path}: missing tensor {e.args[0]} for "
-                           f"config {args.config_path}") from None
-    dtype = str(next(iter(hf_state.values())).dtype).replace("torch.", "")
+    hf_state, vocab_size, dtype = checked_hf_state(args.input_model_path, config,
+                                                   args.config_path, tencentpretrain_to_hf)
     hf_config = config_to_hf(config, vocab_size, pad_id, eos_id, dtype)
     written = []
     if tokenizer:  # first: its ids are checked, and a refusal leaves the folder as it was

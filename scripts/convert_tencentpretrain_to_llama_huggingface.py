@@ -10,16 +10,14 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tencentpretrain.config import load_config  # noqa: E402
-from tencentpretrain.convert.hf_llama import (check_output_folder, config_to_hf,  # noqa: E402
-                                              hf_family, tencentpretrain_to_hf)
+from tencentpretrain.convert.hf_llama import (check_output_folder, checked_hf_state,  # noqa: E402
+                                              config_to_hf, hf_family, tencentpretrain_to_hf)
 from tencentpretrain.chat import export_template  # noqa: E402
 from tencentpretrain.convert.hf_tokenizer import export_tokenizer, write_chat_template  # noqa: E402
-from tencentpretrain.model_builder import build_model, check_state_dict, vocab_size_of  # noqa: E402
 from tencentpretrain.tokenizer import (TokenizerError, add_tokenizer_options,  # noqa: E402
                                        load_tokenizer)
 from tencentpretrain.utils.cli import run  # noqa: E402
-from tencentpretrain.utils.weights import (WeightsError, load_state_dict_file,  # noqa: E402
-                                           save_state_dict_file)
+from tencentpretrain.utils.weights import save_state_dict_file  # noqa: E402
 
 
 def main(argv=None):
@@ -79,16 +77,8 @@ def convert(args):
         if not tokenizer:
             raise TokenizerError("--tokenizer_check_path needs --spm_model_path or --tokenizer_path")
         check_texts = read_check_lines(args.tokenizer_check_path)
-    state = load_state_dict_file(args.input_model_path)
-    vocab_size = vocab_size_of(state, args.input_model_path)
-    # every tensor's shape against the config, before anything is written
-    check_state_dict(build_model(config, vocab_size, device="meta"), state, args.input_model_path)
-    try:
-        hf_state = tencentpretrain_to_hf(state, config)
-    except KeyError as e:
-        raise WeightsError(f"{args.input_model_path}: missing tensor {e.args[0]} for "
-                           f"config {args.config_path}") from None
-    dtype = str(next(iter(hf_state.values())).dtype).replace("torch.", "")
+    hf_state, vocab_size, dtype = checked_hf_state(args.input_model_path, config,
+                                                   args.config_path, tencentpretrain_to_hf)
     hf_config = config_to_hf(config, vocab_size, bos_id, eos_id, dtype)
     written = []
     if tokenizer:  # first: its ids are checked, and a refusal leaves the folder as it was

@@ -14,6 +14,7 @@ import glob
 import os
 
 from tencentpretrain.config import ConfigError, ModelConfig, config_from_dict
+from tencentpretrain.model_builder import build_model, check_state_dict, vocab_size_of
 from tencentpretrain.models import layout
 from tencentpretrain.utils.files import read_json
 from tencentpretrain.utils.weights import WeightsError, load_state_dict_file
@@ -159,6 +160,20 @@ def check_output_folder(path, option="--output_model_path"):
                                f"{f' and {len(held) - 1} more' if len(held) > 1 else ''}), which "
                                "would mix with the export; give a new or empty folder, or remove "
                                "them")
+
+
+def checked_hf_state(path, config, config_path, to_hf):
+    """The checkpoint at ``path`` in Hugging Face names, for an export: (state, vocabulary
+    size, dtype name). Every tensor is checked against ``config`` first (missing, extra,
+    shape), so a config that does not fit is refused before anything is written."""
+    state = load_state_dict_file(path)
+    vocab_size = vocab_size_of(state, path)
+    check_state_dict(build_model(config, vocab_size, device="meta"), state, path)
+    try:
+        hf_state = to_hf(state, config)
+    except KeyError as e:
+        raise WeightsError(f"{path}: missing tensor {e.args[0]} for config {config_path}") from None
+    return hf_state, vocab_size, str(next(iter(hf_state.values())).dtype).replace("torch.", "")
 
 
 def _weight_files(path):
