@@ -149,9 +149,9 @@ def generate_file(generator, test_path, prediction_path, batch_size=1):
     return len(prompts)
 
 
-def interactive(generator, stdin, stdout, prompt_marker="> "):
-    """Read a prompt per line until EOF, stream each answer token by token."""
-    printer = StreamPrinter(generator.tokenizer, stdout)
+def _typed_lines(stdin, stdout, prompt_marker):
+    """Each line typed after the prompt marker, without its newline, until EOF (then a
+    newline, so the shell prompt starts on its own line)."""
     while True:
         stdout.write(prompt_marker)
         stdout.flush()
@@ -159,8 +159,15 @@ def interactive(generator, stdin, stdout, prompt_marker="> "):
         if not line:
             stdout.write("\n")
             return
+        yield line.rstrip("\r\n")
+
+
+def interactive(generator, stdin, stdout, prompt_marker="> "):
+    """Read a prompt per line until EOF, stream each answer token by token."""
+    printer = StreamPrinter(generator.tokenizer, stdout)
+    for line in _typed_lines(stdin, stdout, prompt_marker):
         try:
-            prompt = generator.encode(line.rstrip("\r\n"))
+            prompt = generator.encode(line)
         except GenerationError as e:
             stdout.write(f"error: {e}\n")
             continue
@@ -172,14 +179,7 @@ def chat(session, stdin, stdout, prompt_marker="> "):
     """Multi-turn chat (``session``: a chat.ChatSession): read a user turn per line until EOF,
     stream each answer; ``/reset`` starts a new conversation (the system prompt stays)."""
     printer = StreamPrinter(session.tokenizer, stdout)
-    while True:
-        stdout.write(prompt_marker)
-        stdout.flush()
-        line = stdin.readline()
-        if not line:
-            stdout.write("\n")
-            return
-        user = line.rstrip("\r\n")
+    for user in _typed_lines(stdin, stdout, prompt_marker):
         if user.strip() == "/reset":
             session.reset()
             continue
