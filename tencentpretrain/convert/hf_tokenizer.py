@@ -69,11 +69,14 @@ def write_hf_tokenizer(spm_model_path, folder, model_max_length=None, check_text
         bad = _first_mismatch(tmp, tokenizer, texts, seq2seq)
         if bad is not None:
             text, got, want = bad
+            at = next((i for i, (g, w) in enumerate(zip(got, want)) if g != w),
+                      min(len(got), len(want)))
             raise TokenizerError(
                 f"{SPM_OPTION} {spm_model_path}: the Hugging Face tokenizer built from it gives "
                 f"other ids than SentencePiece ({_MODEL_TYPES.get(proto.trainer_spec.model_type)}"
-                f", normalization {proto.normalizer_spec.name}) for {_short(text)}: "
-                f"{_short(got)} instead of {_short(want)}; nothing written")
+                f", normalization {proto.normalizer_spec.name}) for {_short(text, 24)}: from id "
+                f"{at} on {_short(got[at:at + 3])} instead of {_short(want[at:at + 3])}; "
+                f"nothing written")
         os.makedirs(folder, exist_ok=True)
         for name in names:
             shutil.copyfile(os.path.join(tmp, name), os.path.join(folder, name))
