@@ -5,9 +5,8 @@ training steps on packed instruction samples, per isolation kind.
     python3 scripts/benchmark_isolation.py --seq_length 4096 --device cuda --bf16   # on a GPU
 
 Kinds (``encoder.isolation``): ``dense`` (a boolean [batch, 1, seq, seq] mask into SDPA),
-``spans`` (causal SDPA over each example alone; the CPU default), ``block_mask``
-(FlexAttention block mask, compiled; the CUDA default, CUDA only: FlexAttention has no CPU
-backward) and ``none`` (the same batches with no isolation at all: not a valid training mode,
+``spans`` (causal SDPA over each example alone; the default), ``block_mask``
+(FlexAttention block mask, compiled; CUDA only: FlexAttention has no CPU backward) and ``none`` (the same batches with no isolation at all: not a valid training mode,
 the floor isolation is measured against). The corpus is packed once with the real
 preprocess(); each kind then runs in its own process, so its peak memory is its own, for
 --rounds rounds in turn (the median is printed).

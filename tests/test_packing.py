@@ -263,12 +263,12 @@ def test_block_mask_falls_back_to_spans_under_attention_dropout(gqa_model):
     model.config.dropout = 0.5
     for layer in model.encoder.transformer:
         layer.self_attn.dropout = 0.5
+    assert model.encoder.isolation is None and model.encoder.isolation_kind() == "spans"
     model.encoder.isolation = "block_mask"
-    hidden = torch.zeros(1, 4, 8)
     model.eval()
-    assert model.encoder.isolation_kind(hidden) == "block_mask"  # evaluating: no dropout
+    assert model.encoder.isolation_kind() == "block_mask"  # evaluating: no dropout
     model.train()
-    assert model.encoder.isolation_kind(hidden) == "spans"
+    assert model.encoder.isolation_kind() == "spans"
     ids = torch.randint(0, 32000, ISOLATION_SEG.shape, generator=torch.Generator().manual_seed(0))
     torch.manual_seed(1)
     first = model(ids, seg=ISOLATION_SEG, isolate_segments=True)

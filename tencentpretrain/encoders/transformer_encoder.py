@@ -33,9 +33,8 @@ class TransformerEncoder(Encoder):
         if config.layernorm_positioning == "pre":
             self.layer_norm = str2layernorm[config.layernorm](config.hidden_size,
                                                               eps=config.layernorm_eps)
-        # how packed samples are isolated: "block_mask" (FlexAttention), "spans" (causal SDPA
-        # per example), "dense" (a boolean [seq, seq] mask), or None: by device, block_mask on
-        # CUDA, spans elsewhere (FlexAttention has no CPU backward)
+        # how packed samples are isolated: "spans" (causal SDPA per example; None means
+        # this), "block_mask" (FlexAttention, CUDA only) or "dense" (a boolean [seq, seq] mask)
         self.isolation = None
 
     def layers(self):
@@ -47,8 +46,8 @@ class TransformerEncoder(Encoder):
     def shared_modules(self):
         return [self.relative_pos_emb] if self.relative_pos_emb is not None else []
 
-    def isolation_kind(self, hidden):
-        return isolation_kind(self.isolation, hidden.device, bool(self.config.dropout) and self.training)
+    def isolation_kind(self):
+        return isolation_kind(self.isolation, bool(self.config.dropout) and self.training)
 
     def forward(self, hidden, seg=None, position_ids=None, key_mask=None, kv_cache=None,
                 isolate_segments=False):
@@ -66,7 +65,7 @@ class TransformerEncoder(Encoder):
         attn_mask, is_causal = attention_mask(
             self.make_mask, batch, seq, past, hidden.device, seg=seg, key_mask=key_mask,
             window=self.config.sliding_window, isolated=isolated,
-            kind=self.isolation_kind(hidden) if isolated else "dense")
+            kind=self.isolation_kind() if isolated else "dense")
         if self.relative_pos_emb is not None:  # the mask becomes additive: bias, -inf
             bias = self.relative_pos_emb(seq, past + seq, past, hidden.device).to(hidden.dtype)
             attn_mask, is_causal = add_bias(bias, _dense(attn_mask, is_causal, seq, past,
