@@ -6,19 +6,14 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tencentpretrain.convert import write_converted  # noqa: E402
+from tencentpretrain.convert import add_conversion_options, write_converted  # noqa: E402
 from tencentpretrain.convert.meta_llama import load_meta_checkpoint  # noqa: E402
 from tencentpretrain.utils.cli import run  # noqa: E402
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--input_model_path", required=True,
-                        help="Meta checkpoint folder: params.json and consolidated.NN.pth.")
-    parser.add_argument("--output_model_path", required=True,
-                        help="Output weights: .bin (torch zip state dict) or .safetensors.")
-    parser.add_argument("--output_config_path", default=None,
-                        help="Also write the matching model config JSON here.")
+    add_conversion_options(parser, "Meta checkpoint folder: params.json and consolidated.NN.pth.")
     parser.add_argument("--max_seq_length", type=int, default=2048,
                         help="Context length for the config (params.json does not hold it): "
                              "2048 for LLaMA 1, 4096 for LLaMA 2.")

@@ -4,6 +4,16 @@ from tencentpretrain.config import save_config
 from tencentpretrain.utils.weights import save_state_dict_file
 
 
+def add_conversion_options(parser, input_help):
+    """The options of every script that converts a checkpoint into our layout: the checkpoint
+    (``input_help`` says what kind) and where ``write_converted`` writes."""
+    parser.add_argument("--input_model_path", required=True, help=input_help)
+    parser.add_argument("--output_model_path", required=True,
+                        help="Output weights: .bin (torch zip state dict) or .safetensors.")
+    parser.add_argument("--output_config_path", default=None,
+                        help="Also write the matching model config JSON here.")
+
+
 def write_converted(state, config, output_model_path, output_config_path=None):
     """Write converted weights (atomically) and, if asked, the matching model config."""
     save_state_dict_file(state, output_model_path)

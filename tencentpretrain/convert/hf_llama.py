@@ -223,3 +223,12 @@ def read_hf_folder(path):
     for file in _weight_files(path):
         state.update(load_state_dict_file(file))
     return hf_config, state
+
+
+def read_hf_model(path, config_from_hf, hf_to_tencentpretrain):
+    """(config, state dict in our layout) of the HF folder at ``path``, converted by one
+    family's pair of functions (this module's or hf_t5's). The config is converted before any
+    weight is read, so a refused one costs nothing."""
+    config = config_from_hf(read_hf_config(path), source=os.path.join(path, "config.json"))
+    _, hf_state = read_hf_folder(path)
+    return config, hf_to_tencentpretrain(hf_state, config, source=path)
