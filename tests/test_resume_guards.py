@@ -13,7 +13,8 @@ import torch
 import pretrain
 import tencentpretrain
 from tencentpretrain.adapters import adapter_base, base_fingerprint, base_record, save_adapter
-from tencentpretrain.layers.lora import LoraConfig, adapter_names, inject_lora, merge_lora
+from tencentpretrain.layers.lora import (LoraConfig, adapter_names, inject_lora,
+                                         merge_into_state_dict)
 from tencentpretrain.training import TrainingError
 from tencentpretrain.utils.weights import LazyWeights, save_state_dict_file
 from tests.training_support import (LLAMA_SPM, LM_CORPUS, TINY, VOCAB_SIZE, _preprocess, datasets,
@@ -306,7 +307,11 @@ def test_fingerprint(tmp_path):
         for p in model.parameters():
             if p.requires_grad:
                 p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(3)) * 0.05)
-    assert base_fingerprint(merge_lora(model)) != fingerprint
+    state = model.state_dict()
+    adapter = {name: state[name] for name in adapter_names(model)}
+    base_state = {name: tensor for name, tensor in state.items() if name not in adapter}
+    merged = merge_into_state_dict(base_state, adapter, model.lora_config, model.config)
+    assert base_fingerprint(merged) != fingerprint
 
 
 def test_help_shows_each_default_once(capsys):

@@ -185,7 +185,8 @@ def test_settings_are_resolved_once_and_read_only():
     settings = resolve(args, notes.append, launch=Launch(world_size=4), ds_config={
         "train_micro_batch_size_per_gpu": 6, "gradient_accumulation_steps": 2,
         "optimizer": {"type": "AdamW", "params": {"lr": 1e-3}}})
-    assert (settings.batch_size, settings.accumulation_steps, settings.global_batch) == (6, 2, 48)
+    assert (settings.batch_size, settings.accumulation_steps) == (6, 2)
+    assert settings.batch_size * settings.accumulation_steps * settings.launch.world_size == 48
     assert args.batch_size is None and args.accumulation_steps is None
     assert notes == ["note: --learning_rate 0.0002 overrides optimizer lr 0.001 of ds.json"]
     settings.ds_config["optimizer"]["params"]["lr"] = 1.0

@@ -117,17 +117,6 @@ class LoraLinear(nn.Module):
                           self.lora_B)
         return out + (self.scaling * update).to(out.dtype)
 
-    def merged(self):
-        """The plain nn.Linear computing the same function (W + delta), same Parameters' names."""
-        linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
-                           device=self.weight.device, dtype=self.weight.dtype)
-        with torch.no_grad():
-            delta = lora_delta(self.lora_A, self.lora_B, self.scaling)
-            linear.weight.copy_((self.weight.float() + delta).to(self.weight.dtype))
-            if self.bias is not None:
-                linear.bias.copy_(self.bias)
-        return linear
-
 
 def _submodule(root, path):
     parent_path, _, attr = path.rpartition(".")
@@ -195,18 +184,6 @@ def check_adapter_state(model, shapes, path):
             raise WeightsError(f"{path}: unexpected adapter tensor {name} for LoRA targets "
                                f"{','.join(model.lora_config.targets)} and modules_to_save "
                                f"{','.join(model.lora_config.modules_to_save) or '(none)'}")
-
-
-def merge_lora(model):
-    """Fold every adapter into its base weight, in place: a plain model again."""
-    for path, module in list(model.named_modules()):
-        if isinstance(module, LoraLinear):
-            parent, attr = _submodule(model, path)
-            setattr(parent, attr, module.merged())
-    for param in model.parameters():
-        param.requires_grad_(True)
-    model.lora_config = None
-    return model
 
 
 def merge_into_state_dict(state, adapter_state, config, model_config):

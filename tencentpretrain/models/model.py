@@ -90,6 +90,3 @@ class Model(nn.Module):
         for name, param in self.named_parameters():
             if "layer_norm" in name:
                 nn.init.ones_(param) if name.endswith("weight") else nn.init.zeros_(param)
-
-    def num_parameters(self):
-        return sum(p.numel() for p in {id(p): p for p in self.parameters()}.values())

@@ -84,10 +84,6 @@ class RunSettings:
     def gradient_clipping(self):
         return self._ds_config.get("gradient_clipping", 0.0)
 
-    @property
-    def global_batch(self):
-        return self.batch_size * self.accumulation_steps * self.launch.world_size
-
 
 def read_config(path):
     if path is None:
