@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Install what is missing into the active Python (activate a venv first for isolation).
-#   bash scripts/install.sh          runtime: torch, deepspeed, sentencepiece, ...
-#   bash scripts/install.sh --test   and the test extras (pytest, transformers, peft, ...)
+# Install what is missing into the active Python (activate a venv first for isolation): this
+# project, editable, with the dependencies pyproject.toml lists (the one dependency list).
+#   bash scripts/install.sh          pip install -e .        runtime: torch, deepspeed, ...
+#   bash scripts/install.sh --test   pip install -e ".[test]"  and the test extras (pytest, ...)
 # torch: an installed torch (a GPU user's CUDA build, say) is kept as it is; without one, a
 # machine with no NVIDIA GPU gets the CPU build torch==2.13.0, one with a GPU PyPI's default.
 # Every later pip call pins the torch it found, so no dependency can swap it for another build.
@@ -21,8 +22,8 @@ if ! torch_version=$("$PYTHON" -c 'import torch; print(torch.__version__.split("
   fi
   torch_version=$("$PYTHON" -c 'import torch; print(torch.__version__.split("+")[0])')
 fi
-requirements=(-r requirements.txt)
-[ "${1:-}" = "--test" ] && requirements+=(-r requirements-test.txt)
-pip_install "${requirements[@]}" "torch==$torch_version"
+project=.
+[ "${1:-}" = "--test" ] && project=".[test]"
+pip_install -e "$project" "torch==$torch_version"
 "$PYTHON" -c "import torch, deepspeed, sentencepiece; print('installed: torch', torch.__version__, '| deepspeed', deepspeed.__version__)" 2>&1 \
   | { grep -v "real_accelerator" || true; }

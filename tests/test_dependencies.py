@@ -1,5 +1,6 @@
 """Every package the documented commands import is a runtime dependency (CI and users start
-from a fresh environment), and the two dependency lists agree."""
+from a fresh environment), and every package the tests import is one or a test extra:
+pyproject.toml is the one dependency list (scripts/install.sh installs from it)."""
 import ast
 import glob
 import importlib.metadata
@@ -9,7 +10,7 @@ import sys
 
 from tests.conftest import ROOT
 
-LOCAL = {"tencentpretrain", "inference", "tests", "scripts"}
+LOCAL = {"tencentpretrain", "inference", "tests", "scripts", "pretrain", "preprocess"}
 # used only when installed, imported under try: NVIDIA apex (PyPI's `apex` is another project)
 # and transformers (the HF export also checks AutoTokenizer's ids when it is there)
 OPTIONAL = {"apex", "transformers"}
@@ -26,10 +27,16 @@ def requirement_names(lines):
     return names
 
 
-def pyproject_dependencies():
-    text = open(os.path.join(ROOT, "pyproject.toml"), encoding="utf-8").read()
-    block = re.search(r"^dependencies = \[(.*?)\]", text, re.S | re.M).group(1)
+def pyproject_list(key):
+    """The names in pyproject.toml's list ``key = [...]`` (comments ignored)."""
+    with open(os.path.join(ROOT, "pyproject.toml"), encoding="utf-8") as f:
+        text = "\n".join(line.split("#", 1)[0] for line in f)
+    block = re.search(rf"^{key} = \[(.*?)\]", text, re.S | re.M).group(1)
     return requirement_names(re.findall(r'"([^"]+)"', block))
+
+
+def pyproject_dependencies():
+    return pyproject_list("dependencies")
 
 
 def imports_of(path):
@@ -52,12 +59,8 @@ def imports_of(path):
             yield module, id(node) in guarded
 
 
-def test_runtime_imports_are_declared_dependencies():
-    declared = pyproject_dependencies()
+def undeclared_imports(files, declared, optional_packages=OPTIONAL):
     providers = importlib.metadata.packages_distributions()
-    files = [os.path.join(ROOT, name) for name in ("preprocess.py", "pretrain.py")]
-    for folder in ("tencentpretrain", "inference", "scripts"):
-        files += glob.glob(os.path.join(ROOT, folder, "**", "*.py"), recursive=True)
     undeclared = []
     for path in files:
         imports = list(imports_of(path))
@@ -65,7 +68,7 @@ def test_runtime_imports_are_declared_dependencies():
             top = module.split(".")[0]
             if top in sys.stdlib_module_names or top in LOCAL:
                 continue
-            if top in OPTIONAL:  # the module-level import is guarded; a later one may rely on it
+            if top in optional_packages:  # the module-level import is guarded; a later one may rely on it
                 assert any(opt for mod, opt in imports if mod.split(".")[0] == top), \
                     f"{path}: {module} is optional and must be imported under try"
                 continue
@@ -75,12 +78,27 @@ def test_runtime_imports_are_declared_dependencies():
                                             for d in providers.get(top, [top])}
             if not dists & declared:
                 undeclared.append(f"{os.path.relpath(path, ROOT)}: {module} ({sorted(dists)})")
+    return undeclared
+
+
+def test_runtime_imports_are_declared_dependencies():
+    files = [os.path.join(ROOT, name) for name in ("preprocess.py", "pretrain.py")]
+    for folder in ("tencentpretrain", "inference", "scripts"):
+        files += glob.glob(os.path.join(ROOT, folder, "**", "*.py"), recursive=True)
+    undeclared = undeclared_imports(files, pyproject_dependencies())
     assert not undeclared, "imports missing from pyproject.toml's dependencies: " + "; ".join(undeclared)
 
 
-def test_requirements_txt_lists_the_pyproject_dependencies():
-    with open(os.path.join(ROOT, "requirements.txt"), encoding="utf-8") as f:
-        assert requirement_names(f) == pyproject_dependencies()
+def test_test_imports_are_dependencies_or_test_extras():
+    files = glob.glob(os.path.join(ROOT, "tests", "*.py"))
+    undeclared = undeclared_imports(files, pyproject_dependencies() | pyproject_list("test"),
+                                    optional_packages=())
+    assert not undeclared, ("imports missing from pyproject.toml's dependencies and its test "
+                            "extras: " + "; ".join(undeclared))
+
+
+def test_pyproject_is_the_one_dependency_list():
+    assert not glob.glob(os.path.join(ROOT, "requirements*.txt"))
 
 
 def test_tensorboard_missing_is_one_line_before_anything_starts(monkeypatch, tmp_path):

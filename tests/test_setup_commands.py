@@ -60,6 +60,6 @@ def run_install(tmp_path, installed_torch):
 
 def test_install_pins_the_cpu_torch_and_keeps_an_installed_one(tmp_path):
     assert run_install(tmp_path, "") == [
-        "torch==2.13.0", "-r requirements.txt -r requirements-test.txt torch==2.13.0"]
+        "torch==2.13.0", "-e .[test] torch==2.13.0"]
     assert run_install(tmp_path, "2.9.1+cu121") == [  # a GPU user's torch stays
-        "-r requirements.txt -r requirements-test.txt torch==2.9.1"]
+        "-e .[test] torch==2.9.1"]
