@@ -21,8 +21,8 @@ import re
 from dataclasses import dataclass
 from typing import Callable, NamedTuple, Optional, Tuple
 
-from .errors import UserError
-from .prompts import ALPACA_TEMPLATE, build_prompt
+from tencentpretrain.errors import UserError
+from tencentpretrain.prompts import ALPACA_TEMPLATE, build_prompt
 
 
 class ChatTemplateError(UserError):

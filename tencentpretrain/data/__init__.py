@@ -8,11 +8,11 @@ Nothing imported here imports torch, so preprocess.py starts fast and stays smal
 """
 import importlib
 
-from .batching import BatchIterator, collate, sample_order
-from .dataset import Sample, TokenDataset
-from .format import FORMAT_VERSION, CorpusError, DatasetError
-from .builder import format_summary, preprocess
-from .processors import PROCESSORS, str2processor
+from tencentpretrain.data.batching import BatchIterator, collate, sample_order
+from tencentpretrain.data.dataset import Sample, TokenDataset
+from tencentpretrain.data.format import FORMAT_VERSION, CorpusError, DatasetError
+from tencentpretrain.data.builder import format_summary, preprocess
+from tencentpretrain.data.processors import PROCESSORS, str2processor
 
 __all__ = ["BatchIterator", "CorpusError", "DatasetError", "FORMAT_VERSION", "PROCESSORS", "Prefetcher",
            "Sample", "TokenDataset", "collate", "format_summary", "preprocess", "sample_order", "str2processor"]

@@ -1,8 +1,8 @@
 """Batches for training: deterministic per-epoch order, rank split, padding and loss masks."""
 import numpy as np
 
-from .format import DatasetError
-from .packing import positions
+from tencentpretrain.data.format import DatasetError
+from tencentpretrain.data.packing import positions
 
 
 def epoch_order(num_samples, seed, epoch, shuffle=True):
@@ -46,7 +46,7 @@ def collate(samples, pad_id, prefix_lm_loss=False, pad_to=None):
     import torch  # here, so that preprocessing never pays for importing torch
 
     if samples and samples[0].seq2seq:  # source/target samples: encoder-decoder batches
-        from .seq2seq import collate_seq2seq
+        from tencentpretrain.data.seq2seq import collate_seq2seq
         return collate_seq2seq(samples, pad_id)
     width = max(max(len(s.tokens) for s in samples) - 1, 1) if pad_to is None else pad_to
     shape = (len(samples), width)

@@ -26,16 +26,18 @@ from dataclasses import dataclass
 
 from tqdm import tqdm
 
-from ..chat_templates import ChatTemplateError
-from ..prompts import PromptTemplate, TemplateError
-from ..tokenizer import TokenizerError, load_tokenizer
-from . import corpus
-from .corpus import (BLOCK_BYTES, JSON_ARRAY, TEXT, LineError, corpus_kind, decode,
-                     iter_json_array, iter_line_pieces, line_aligned_ranges, parse_object)
-from .format import (FORMAT_NAME, FORMAT_VERSION, META_FILE, PACKED_FORMAT_VERSION, SHARD_TOKENS,
-                     CorpusError, DatasetError, ShardWriter, token_dtype, write_meta)
-from .processors import check_options, get_processor
-from .processors.base import FIRST_PAIR_TOO_LONG, PROMPT_TOO_LONG
+from tencentpretrain.chat_templates import ChatTemplateError
+from tencentpretrain.prompts import PromptTemplate, TemplateError
+from tencentpretrain.tokenizer import TokenizerError, load_tokenizer
+from tencentpretrain.data import corpus
+from tencentpretrain.data.corpus import (BLOCK_BYTES, JSON_ARRAY, TEXT, LineError, corpus_kind,
+                                         decode, iter_json_array, iter_line_pieces,
+                                         line_aligned_ranges, parse_object)
+from tencentpretrain.data.format import (FORMAT_NAME, FORMAT_VERSION, META_FILE,
+                                         PACKED_FORMAT_VERSION, SHARD_TOKENS, CorpusError,
+                                         DatasetError, ShardWriter, token_dtype, write_meta)
+from tencentpretrain.data.processors import check_options, get_processor
+from tencentpretrain.data.processors.base import FIRST_PAIR_TOO_LONG, PROMPT_TOO_LONG
 
 
 @dataclass

@@ -12,7 +12,7 @@ import codecs
 import json
 import os
 
-from .format import CorpusError
+from tencentpretrain.data.format import CorpusError
 
 BLOCK_BYTES = 1 << 20
 PIECE_BYTES = 1 << 20  # a longer text document is tokenized in pieces of at most this size

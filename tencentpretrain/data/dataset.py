@@ -9,10 +9,10 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-from .format import (BIN, DOC, FORMAT_NAME, IDX, MASK, MASK_DTYPE, META_FILE, OFFSET_DTYPE,
-                     PACKED_FORMAT_VERSION, PROMPT, PROMPT_DTYPE, READABLE_VERSIONS, DatasetError,
-                     Holds, numpy_dtype)
-from ..utils.files import read_json
+from tencentpretrain.data.format import (BIN, DOC, FORMAT_NAME, IDX, MASK, MASK_DTYPE, META_FILE,
+                                         OFFSET_DTYPE, PACKED_FORMAT_VERSION, PROMPT, PROMPT_DTYPE,
+                                         READABLE_VERSIONS, DatasetError, Holds, numpy_dtype)
+from tencentpretrain.utils.files import read_json
 
 REQUIRED_META = ("format_version", "data_processor", "seq_length", "vocab_size", "dtype",
                  "bos_id", "eos_id", "pad_id", "tokenizer_sha256", "num_samples", "num_tokens",

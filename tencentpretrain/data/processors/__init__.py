@@ -6,12 +6,12 @@ what its datasets hold (``Processor.holds``, meta.json ``"holds"``), and readers
 """
 from collections.abc import Mapping
 
-from ..format import DatasetError
-from .alpaca import AlpacaProcessor
-from .conversation import ConversationProcessor
-from .lm import LmProcessor
-from .seq2seq import Seq2seqProcessor
-from .t5 import T5Processor
+from tencentpretrain.data.format import DatasetError
+from tencentpretrain.data.processors.alpaca import AlpacaProcessor
+from tencentpretrain.data.processors.conversation import ConversationProcessor
+from tencentpretrain.data.processors.lm import LmProcessor
+from tencentpretrain.data.processors.seq2seq import Seq2seqProcessor
+from tencentpretrain.data.processors.t5 import T5Processor
 
 str2processor = {"lm": LmProcessor, "alpaca": AlpacaProcessor, "conversation": ConversationProcessor,
                  "t5": T5Processor, "seq2seq": Seq2seqProcessor}

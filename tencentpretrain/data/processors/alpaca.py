@@ -6,11 +6,11 @@ to seq_length + 1, with its prompt length (bos included) stored for --prefix_lm_
 (packing.py) and each shard also stores where its examples start (``.doc.npy``), so
 training isolates them.
 """
-from ...prompts import ALPACA_TEMPLATE, build_prompt, load_template
-from ..format import OFFSET_DTYPE, PROMPT_DTYPE
-from ..packing import PACK_BLOCK, pack_block
-from .base import (BATCH_CHARS, PROMPT_TOO_LONG, ConcatReader, Processor, iter_raw,
-                   text_field)
+from tencentpretrain.prompts import ALPACA_TEMPLATE, build_prompt, load_template
+from tencentpretrain.data.format import OFFSET_DTYPE, PROMPT_DTYPE
+from tencentpretrain.data.packing import PACK_BLOCK, pack_block
+from tencentpretrain.data.processors.base import (BATCH_CHARS, PROMPT_TOO_LONG, ConcatReader,
+                                                  Processor, iter_raw, text_field)
 
 
 class AlpacaProcessor(Processor):

@@ -17,8 +17,8 @@ from itertools import chain
 
 import numpy as np
 
-from ..corpus import TEXT, LineError
-from ..format import OFFSET_DTYPE, PROMPT_DTYPE, CorpusError, numpy_dtype
+from tencentpretrain.data.corpus import TEXT, LineError
+from tencentpretrain.data.format import OFFSET_DTYPE, PROMPT_DTYPE, CorpusError, numpy_dtype
 
 COPY_ITEMS = 1 << 22  # tokens / offsets per step when the main process assembles shards
 BATCH_CHARS = 1 << 20  # text per tokenizer call: bounds the Python id lists (tens of MB)

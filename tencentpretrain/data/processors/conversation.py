@@ -18,11 +18,13 @@ from itertools import chain
 
 import numpy as np
 
-from ...chat_templates import AlpacaTurn, ChatTemplateError, check_specials, encode_conversation, get_template
-from ..corpus import LineError
-from ..format import MASK_DTYPE, OFFSET_DTYPE
-from ..packing import PACK_BLOCK, pack_block
-from .base import FIRST_PAIR_TOO_LONG, ConcatReader, Processor, iter_raw, text_field
+from tencentpretrain.chat_templates import (AlpacaTurn, ChatTemplateError, check_specials,
+                                            encode_conversation, get_template)
+from tencentpretrain.data.corpus import LineError
+from tencentpretrain.data.format import MASK_DTYPE, OFFSET_DTYPE
+from tencentpretrain.data.packing import PACK_BLOCK, pack_block
+from tencentpretrain.data.processors.base import (FIRST_PAIR_TOO_LONG, ConcatReader, Processor,
+                                                  iter_raw, text_field)
 
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant",
                   "assistant": "assistant"}
@@ -167,7 +169,7 @@ class ConversationProcessor(Processor):
 
     def finish(self):
         counts = super().finish()
-        from ..builder import lines_before  # the line numbers within the whole file
+        from tencentpretrain.data.builder import lines_before  # the line numbers within the whole file
         offset = lines_before(self.task.corpus_path, self.task.start) if self.task.start else 0
         counts["skipped_at"] = {why: [offset + n for n in lines] for why, lines in self.skipped_at.items()}
         counts["dropped_pairs"] = self.dropped_pairs

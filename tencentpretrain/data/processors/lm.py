@@ -10,9 +10,10 @@ from itertools import chain
 
 import numpy as np
 
-from .. import corpus
-from ..format import DOC, OFFSET_DTYPE, raw_to_npy
-from .base import BATCH_CHARS, COPY_ITEMS, ConcatReader, Processor, iter_raw, text_field
+from tencentpretrain.data import corpus
+from tencentpretrain.data.format import DOC, OFFSET_DTYPE, raw_to_npy
+from tencentpretrain.data.processors.base import (BATCH_CHARS, COPY_ITEMS, ConcatReader, Processor,
+                                                  iter_raw, text_field)
 
 
 class LmProcessor(Processor):

@@ -12,9 +12,10 @@ skipped; both are counted in the summary and meta.json.
 """
 from dataclasses import dataclass
 
-from ..corpus import LineError
-from ..format import DatasetError, OFFSET_DTYPE, PROMPT_DTYPE
-from .base import BATCH_CHARS, ConcatReader, Processor, iter_raw, text_field
+from tencentpretrain.data.corpus import LineError
+from tencentpretrain.data.format import DatasetError, OFFSET_DTYPE, PROMPT_DTYPE
+from tencentpretrain.data.processors.base import (BATCH_CHARS, ConcatReader, Processor, iter_raw,
+                                                  text_field)
 
 SOURCE_TOO_LONG = "source too long for --seq_length"
 TARGET_TOO_LONG = "target too long for --tgt_seq_length"

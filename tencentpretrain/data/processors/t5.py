@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..format import DatasetError, OFFSET_DTYPE, PROMPT_DTYPE
-from ..seq2seq import corrupt, max_spans, noise_mask, raw_length
-from .base import COPY_ITEMS, ConcatReader
-from .lm import LmProcessor
+from tencentpretrain.data.format import DatasetError, OFFSET_DTYPE, PROMPT_DTYPE
+from tencentpretrain.data.seq2seq import corrupt, max_spans, noise_mask, raw_length
+from tencentpretrain.data.processors.base import COPY_ITEMS, ConcatReader
+from tencentpretrain.data.processors.lm import LmProcessor
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ class T5Processor(LmProcessor):
 
     @classmethod
     def assemble(cls, prefixes, writer, task, staging):
-        from ...tokenizer import load_tokenizer
+        from tencentpretrain.tokenizer import load_tokenizer
         options = task.template
         tokenizer = load_tokenizer(task.spm_model_path, task.tokenizer_path)
         length = raw_length(task.seq_length, options.noise_density, options.mean_noise_span_length)
