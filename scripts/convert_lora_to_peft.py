@@ -10,6 +10,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tencentpretrain.adapters import check_adapter, read_adapter  # noqa: E402
 from tencentpretrain.config import load_config  # noqa: E402
+from tencentpretrain.convert import add_export_options  # noqa: E402
 from tencentpretrain.convert.hf_llama import check_output_folder  # noqa: E402
 from tencentpretrain.convert.peft_lora import PEFT_CONFIG, write_peft_dir  # noqa: E402
 from tencentpretrain.utils.cli import run  # noqa: E402
@@ -18,10 +19,9 @@ from tencentpretrain.utils.weights import WeightsError  # noqa: E402
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--input_model_path", required=True,
-                        help="Our adapter: NAME.safetensors (NAME.json beside it).")
-    parser.add_argument("--config_path", required=True, help="Model config JSON of the base.")
-    parser.add_argument("--output_model_path", required=True, help="Output PEFT folder.")
+    add_export_options(parser, input_help="Our adapter: NAME.safetensors (NAME.json beside it).",
+                       config_help="Model config JSON of the base.",
+                       output_help="Output PEFT folder.")
     args = parser.parse_args(argv)
     run(lambda: convert(args))
 

@@ -15,20 +15,19 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tencentpretrain.config import ConfigError, load_config  # noqa: E402
-from tencentpretrain.convert.hf_llama import check_output_folder, checked_hf_state  # noqa: E402
+from tencentpretrain.convert import add_export_options  # noqa: E402
+from tencentpretrain.convert.hf_llama import (check_output_folder, checked_hf_state,  # noqa: E402
+                                              write_hf_folder)
 from tencentpretrain.convert.hf_t5 import config_to_hf, tencentpretrain_to_hf  # noqa: E402
 from tencentpretrain.convert.hf_tokenizer import export_tokenizer  # noqa: E402
 from tencentpretrain.tokenizer import add_tokenizer_options, load_tokenizer  # noqa: E402
 from tencentpretrain.utils.cli import run  # noqa: E402
-from tencentpretrain.utils.weights import save_state_dict_file  # noqa: E402
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--input_model_path", required=True,
-                        help="TencentPretrain T5 weights (.bin or .safetensors).")
-    parser.add_argument("--config_path", required=True, help="Model config JSON (with a decoder).")
-    parser.add_argument("--output_model_path", required=True, help="Output folder.")
+    add_export_options(parser, input_help="TencentPretrain T5 weights (.bin or .safetensors).",
+                       config_help="Model config JSON (with a decoder).")
     add_tokenizer_options(
         parser, required=False,
         spm_help="Tokenizer: pad/eos ids for config.json, and tokenizer.model, tokenizer.json, "
@@ -53,10 +52,9 @@ def convert(args):
     hf_state, vocab_size, dtype = checked_hf_state(args.input_model_path, config,
                                                    args.config_path, tencentpretrain_to_hf)
     hf_config = config_to_hf(config, vocab_size, pad_id, eos_id, dtype)
-    written = []
     if tokenizer:  # first: its ids are checked, and a refusal leaves the folder as it was
-        written += export_tokenizer(tokenizer, args.output_model_path, config.max_seq_length,
-                                    seq2seq=True)
+        written = export_tokenizer(tokenizer, args.output_model_path, config.max_seq_length,
+                                   seq2seq=True)
     else:
         os.makedirs(args.output_model_path, exist_ok=True)
         with open(os.path.join(args.output_model_path, "generation_config.json"), "w",
@@ -64,13 +62,8 @@ def convert(args):
             json.dump({"decoder_start_token_id": pad_id, "eos_token_id": eos_id,
                        "pad_token_id": pad_id}, f, indent=2)
             f.write("\n")
-        written.append("generation_config.json")
-    with open(os.path.join(args.output_model_path, "config.json"), "w", encoding="utf-8") as f:
-        json.dump(hf_config, f, indent=2)
-        f.write("\n")
-    save_state_dict_file(hf_state, os.path.join(args.output_model_path, "model.safetensors"))
-    written = ["config.json", "model.safetensors"] + written
-    print(f"wrote {args.output_model_path}: {', '.join(written)}")
+        written = ["generation_config.json"]
+    write_hf_folder(args.output_model_path, hf_config, hf_state, written)
 
 
 if __name__ == "__main__":

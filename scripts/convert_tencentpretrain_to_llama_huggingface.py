@@ -3,30 +3,28 @@
 --spm_model_path or --tokenizer_path also the tokenizer files, so ``AutoTokenizer`` gives the
 training ids."""
 import argparse
-import json
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tencentpretrain.config import load_config  # noqa: E402
+from tencentpretrain.convert import add_export_options  # noqa: E402
 from tencentpretrain.convert.hf_llama import (check_output_folder, checked_hf_state,  # noqa: E402
-                                              config_to_hf, hf_family, tencentpretrain_to_hf)
+                                              config_to_hf, hf_family, tencentpretrain_to_hf,
+                                              write_hf_folder)
 from tencentpretrain.chat import export_template  # noqa: E402
 from tencentpretrain.convert.hf_tokenizer import export_tokenizer, write_chat_template  # noqa: E402
 from tencentpretrain.tokenizer import (TokenizerError, add_tokenizer_options,  # noqa: E402
                                        load_tokenizer)
 from tencentpretrain.utils.cli import run  # noqa: E402
-from tencentpretrain.utils.weights import save_state_dict_file  # noqa: E402
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--input_model_path", required=True,
-                        help="TencentPretrain weights (.bin or .safetensors), e.g. a "
-                             "pretrain.py output such as models/llama_zh_7b-5000.")
-    parser.add_argument("--config_path", required=True, help="Model config JSON.")
-    parser.add_argument("--output_model_path", required=True, help="Output folder.")
+    add_export_options(parser, input_help="TencentPretrain weights (.bin or .safetensors), e.g. "
+                                          "a pretrain.py output such as models/llama_zh_7b-5000.",
+                       config_help="Model config JSON.")
     add_tokenizer_options(
         parser, required=False,
         spm_help="Tokenizer: bos/eos ids for config.json, and tokenizer.model, "
@@ -82,17 +80,11 @@ def convert(args):
     hf_config = config_to_hf(config, vocab_size, bos_id, eos_id, dtype)
     written = []
     if tokenizer:  # first: its ids are checked, and a refusal leaves the folder as it was
-        written += export_tokenizer(tokenizer, args.output_model_path, config.max_seq_length,
-                                    check_texts)
+        written = export_tokenizer(tokenizer, args.output_model_path, config.max_seq_length,
+                                   check_texts)
         if chat:
             write_chat_template(args.output_model_path, *chat)
-    os.makedirs(args.output_model_path, exist_ok=True)
-    with open(os.path.join(args.output_model_path, "config.json"), "w", encoding="utf-8") as f:
-        json.dump(hf_config, f, indent=2)
-        f.write("\n")
-    save_state_dict_file(hf_state, os.path.join(args.output_model_path, "model.safetensors"))
-    written = ["config.json", "model.safetensors"] + written
-    print(f"wrote {args.output_model_path}: {', '.join(written)}")
+    write_hf_folder(args.output_model_path, hf_config, hf_state, written)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,14 @@ def add_conversion_options(parser, input_help):
                         help="Also write the matching model config JSON here.")
 
 
+def add_export_options(parser, input_help, config_help, output_help="Output folder."):
+    """The options of every script that exports our checkpoint to Hugging Face's layout: the
+    checkpoint, its model config and the folder to write."""
+    parser.add_argument("--input_model_path", required=True, help=input_help)
+    parser.add_argument("--config_path", required=True, help=config_help)
+    parser.add_argument("--output_model_path", required=True, help=output_help)
+
+
 def write_converted(state, config, output_model_path, output_config_path=None):
     """Write converted weights (atomically) and, if asked, the matching model config."""
     save_state_dict_file(state, output_model_path)
