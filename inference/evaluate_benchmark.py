@@ -6,12 +6,11 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from inference import add_model_options, run  # noqa: E402
+from inference import add_model_options, load_model, make_output_folder, run  # noqa: E402
 from tencentpretrain.benchmarks.evaluate import evaluate_benchmark  # noqa: E402
 from tencentpretrain.benchmarks.formats import LAYOUTS, BenchmarkError  # noqa: E402
 from tencentpretrain.benchmarks.prompts import resolve_template  # noqa: E402
 from tencentpretrain.benchmarks.report import format_table, submission, write_json  # noqa: E402
-from tencentpretrain.loading import load_model_and_tokenizer  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -49,14 +48,8 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     template = resolve_template(args.prompt_template)
-    try:  # before the slow model load, not after it
-        os.makedirs(os.path.dirname(os.path.abspath(args.result_path)), exist_ok=True)
-    except OSError as e:
-        raise BenchmarkError(f"--result_path {args.result_path}: cannot create its folder "
-                             f"({e.strerror})") from None
-    model, tokenizer = load_model_and_tokenizer(args.config_path, args.load_model_path,
-                                                args.spm_model_path, args.device, args.dtype,
-                                                args.lora_model_path, args.tokenizer_path)
+    make_output_folder(args.result_path, "--result_path", BenchmarkError)
+    model, tokenizer = load_model(args)
     subjects = [s.strip() for s in args.subjects.split(",") if s.strip()] if args.subjects else None
     summary, results = evaluate_benchmark(
         model, tokenizer, args.task, args.data_dir, args.split, args.n_shot, subjects,

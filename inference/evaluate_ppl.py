@@ -7,9 +7,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from inference import add_model_options, run  # noqa: E402
+from inference import add_model_options, load_model, run  # noqa: E402
 from tencentpretrain.evaluation import evaluate_dataset, evaluate_text  # noqa: E402
-from tencentpretrain.loading import load_model_and_tokenizer  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -42,9 +41,7 @@ def say(line):
 def main(argv=None):
     args = parse_args(argv)
     say(f"loading {args.load_model_path}")  # minutes for a large model: say what is going on
-    model, tokenizer = load_model_and_tokenizer(args.config_path, args.load_model_path,
-                                                args.spm_model_path, args.device, args.dtype,
-                                                args.lora_model_path, args.tokenizer_path)
+    model, tokenizer = load_model(args)
     say(f"evaluating {args.dataset_path or args.test_path} on {next(model.parameters()).device}, "
         f"batches of {args.batch_size}")
     if args.dataset_path:

@@ -10,12 +10,12 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from inference import add_model_options, run  # noqa: E402
+from inference import (add_model_options, add_sampling_options, load_model,  # noqa: E402
+                       make_output_folder, run)
 from inference.text_io import chat, generate_file, interactive  # noqa: E402
 from tencentpretrain.chat import ChatSession, load_chat_template  # noqa: E402
 from tencentpretrain.chat_templates import TEMPLATE_NAMES  # noqa: E402
 from tencentpretrain.generation import GenerationError, SamplingOptions, TextGenerator  # noqa: E402
-from tencentpretrain.loading import load_model_and_tokenizer  # noqa: E402
 from tencentpretrain.prompts import ALPACA_TEMPLATE, load_template  # noqa: E402
 
 
@@ -54,13 +54,8 @@ def parse_args(argv=None):
                         help="Limit on new tokens (default: up to --seq_length).")
     length.add_argument("--batch_size", type=int, default=1,
                         help="Prompts generated together (results equal one at a time).")
-    sampling = parser.add_argument_group("sampling")
-    sampling.add_argument("--top_k", type=int, default=70, help="0: off; 1: greedy.")
-    sampling.add_argument("--top_p", type=float, default=1.0, help="Nucleus mass; 0 or 1: off.")
-    sampling.add_argument("--temperature", type=float, default=1.0, help="0: greedy.")
-    sampling.add_argument("--repetition_penalty", type=float, default=1.0, help="1.0: off.")
-    sampling.add_argument("--greedy", action="store_true", help="Same as --top_k 1.")
-    sampling.add_argument("--seed", type=int, default=7, help="Sampling seed.")
+    add_sampling_options(parser, top_k_default=70, top_k_help="0: off; 1: greedy.",
+                         greedy_flag=True)
     args = parser.parse_args(argv)
     if not args.interactive and not (args.test_path and args.prediction_path):
         parser.error("--test_path and --prediction_path are required unless --interactive")
@@ -85,15 +80,9 @@ def main(argv=None):
                     else load_template(args.prompt_template))
     options = SamplingOptions(1 if args.greedy else args.top_k, args.top_p, args.temperature,
                               args.repetition_penalty).check()
-    if args.prediction_path:  # before the slow model load, not after it
-        try:
-            os.makedirs(os.path.dirname(os.path.abspath(args.prediction_path)), exist_ok=True)
-        except OSError as e:
-            raise GenerationError(f"--prediction_path {args.prediction_path}: cannot create its "
-                                  f"folder ({e.strerror})") from None
-    model, tokenizer = load_model_and_tokenizer(args.config_path, args.load_model_path,
-                                                args.spm_model_path, args.device, args.dtype,
-                                                args.lora_model_path, args.tokenizer_path)
+    if args.prediction_path:
+        make_output_folder(args.prediction_path, "--prediction_path", GenerationError)
+    model, tokenizer = load_model(args)
     generator = TextGenerator(model, tokenizer, args.seq_length, args.max_new_tokens, options,
                               template, args.seed)
     session = None

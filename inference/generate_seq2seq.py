@@ -14,10 +14,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from inference import add_model_options, run  # noqa: E402
+from inference import add_model_options, add_sampling_options, load_model, run  # noqa: E402
 from tencentpretrain.generation import GenerationError, SamplingOptions  # noqa: E402
 from tencentpretrain.generation_seq2seq import generate_seq2seq  # noqa: E402
-from tencentpretrain.loading import load_model_and_tokenizer  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -33,12 +32,7 @@ def parse_args(argv=None):
     length.add_argument("--max_new_tokens", type=int, default=64, help="Target length limit.")
     length.add_argument("--batch_size", type=int, default=8,
                         help="Sources generated together (results equal one at a time).")
-    sampling = parser.add_argument_group("sampling")
-    sampling.add_argument("--top_k", type=int, default=1, help="0: off; 1: greedy (default).")
-    sampling.add_argument("--top_p", type=float, default=1.0, help="Nucleus mass; 0 or 1: off.")
-    sampling.add_argument("--temperature", type=float, default=1.0, help="0: greedy.")
-    sampling.add_argument("--repetition_penalty", type=float, default=1.0, help="1.0: off.")
-    sampling.add_argument("--seed", type=int, default=7, help="Sampling seed.")
+    add_sampling_options(parser, top_k_default=1, top_k_help="0: off; 1: greedy (default).")
     args = parser.parse_args(argv)
     for name in ("max_new_tokens", "batch_size"):
         if getattr(args, name) < 1:
@@ -56,9 +50,7 @@ def main(argv=None):
                               args.repetition_penalty).check()
     if not os.path.isfile(args.test_path):
         raise GenerationError(f"--test_path {args.test_path}: no such file")
-    model, tokenizer = load_model_and_tokenizer(args.config_path, args.load_model_path,
-                                                args.spm_model_path, args.device, args.dtype,
-                                                args.lora_model_path, args.tokenizer_path)
+    model, tokenizer = load_model(args)
     if model.decoder is None:
         raise GenerationError(f"{args.config_path} names no decoder; use inference/generate_lm.py")
     seq_length = args.seq_length or model.config.max_seq_length
