@@ -89,6 +89,21 @@ def left_pad(prompts, pad_id, device):
     return ids.to(device), key_mask.to(device)
 
 
+def keep_tokens(outputs, active, token, finished, stops, stop_ids, on_token=None):
+    """One decoding step's bookkeeping: each batch row's ``token`` is appended to the output of
+    its prompt (``active``: the prompt index of each row) and streamed to ``on_token``, unless
+    it is a stop token, which ends the row instead. Returns ``finished`` (rows at their length
+    limit) with the stopped rows added."""
+    if stops:
+        finished = finished | torch.isin(token, stop_ids)
+    for row, tok in zip(active.tolist(), token.tolist()):
+        if tok not in stops:
+            outputs[row].append(tok)
+            if on_token is not None:
+                on_token(row, tok)
+    return finished
+
+
 def stop_set(eos_id):
     """The stop ids of ``eos_id``: None, one id, or a list of ids (as ``eos_token_id`` of a
     generation_config.json: eos and a chat template's end-of-turn token)."""
@@ -148,14 +163,7 @@ def generate(model, prompts, max_new_tokens, max_length=None, eos_id=None, pad_i
             logits = model(ids, position_ids=positions, key_mask=key_mask if padded else None)
         token = next_tokens(logits[:, -1, :vocab_size], seen, options, generator)
         steps_left -= 1
-        finished = steps_left == 0
-        if stops:
-            finished |= torch.isin(token, stop_ids)
-        for row, tok in zip(active.tolist(), token.tolist()):
-            if tok not in stops:
-                outputs[row].append(tok)
-                if on_token is not None:
-                    on_token(row, tok)
+        finished = keep_tokens(outputs, active, token, steps_left == 0, stops, stop_ids, on_token)
         if bool(finished.all()):
             return outputs
         if bool(finished.any()):

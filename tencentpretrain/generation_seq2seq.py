@@ -9,7 +9,8 @@ the encoder output and the cache. Sampling is ``generation.next_tokens``'s.
 """
 import torch
 
-from tencentpretrain.generation import GenerationError, SamplingOptions, next_tokens, stop_set
+from tencentpretrain.generation import (GenerationError, SamplingOptions, keep_tokens,
+                                        next_tokens, stop_set)
 
 
 def right_pad(prompts, pad_id, device):
@@ -56,14 +57,8 @@ def generate_seq2seq(model, sources, max_new_tokens, eos_id=None, pad_id=0,
         logits = model.decode(memory, step if use_cache else tgt, key_mask=src_mask,
                               kv_cache=cache)
         token = next_tokens(logits[:, -1, :vocab_size], seen, options, generator)
-        finished = torch.full_like(token, produced == max_new_tokens, dtype=torch.bool)
-        if stops:
-            finished |= torch.isin(token, stop_ids)
-        for row, tok in zip(active.tolist(), token.tolist()):
-            if tok not in stops:
-                outputs[row].append(tok)
-                if on_token is not None:
-                    on_token(row, tok)
+        at_limit = torch.full_like(token, produced == max_new_tokens, dtype=torch.bool)
+        finished = keep_tokens(outputs, active, token, at_limit, stops, stop_ids, on_token)
         if bool(finished.all()):
             break
         if bool(finished.any()):
