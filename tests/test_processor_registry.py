@@ -7,15 +7,14 @@ import os
 import shutil
 import subprocess
 import sys
-from itertools import chain
 
 import numpy as np
 import pytest
 
 from tencentpretrain.data import TokenDataset, collate, preprocess
-from tencentpretrain.data.format import OFFSET_DTYPE, PROMPT_DTYPE, DatasetError, Holds
+from tencentpretrain.data.format import DatasetError, Holds
 from tencentpretrain.data.processors import PROCESSORS, str2processor
-from tencentpretrain.data.processors.base import ConcatReader, Processor, iter_raw
+from tencentpretrain.data.processors.base import Processor, assemble_examples
 from tests.conftest import ROOT
 from tests.training_support import LLAMA_SPM, TINY, run_in_process
 
@@ -48,22 +47,12 @@ class QaProcessor(Processor):
         ids = self.tokenizer.encode_batch([t for pair in self.pairs for t in pair])
         bos, eos = self.tokenizer.bos_ids, self.tokenizer.eos_id
         samples = [(bos + q + a + [eos])[:self.task.seq_length + 1] for q, a in zip(ids[::2], ids[1::2])]
-        lengths = np.fromiter(map(len, samples), OFFSET_DTYPE, len(samples))
-        self.write(".tokens", np.fromiter(chain.from_iterable(samples), self.dtype, lengths.sum()))
-        self.write(".lengths", lengths)
-        self.write(".prompts", np.array([len(bos) + len(q) for q in ids[::2]], PROMPT_DTYPE))
-        self.documents += len(samples)
-        self.tokens += int(lengths.sum())
+        self.write_examples(samples, [len(bos) + len(q) for q in ids[::2]])
         self.pairs = []
 
     @classmethod
     def assemble(cls, prefixes, writer, task, staging):
-        tokens = ConcatReader([p + ".tokens" for p in prefixes], writer.dtype)
-        for prefix in prefixes:
-            prompts = iter_raw(prefix + ".prompts", PROMPT_DTYPE)
-            for lengths in iter_raw(prefix + ".lengths", OFFSET_DTYPE):
-                writer.add(tokens.read(int(lengths.sum())), lengths, next(prompts))
-        return writer.close()
+        return assemble_examples(prefixes, writer)
 # ----------------------------------------------------------------------------------------------
 
 

@@ -10,7 +10,7 @@ from tencentpretrain.prompts import ALPACA_TEMPLATE, build_prompt, load_template
 from tencentpretrain.data.format import OFFSET_DTYPE, PROMPT_DTYPE
 from tencentpretrain.data.packing import PACK_BLOCK, pack_block
 from tencentpretrain.data.processors.base import (BATCH_CHARS, PROMPT_TOO_LONG, ConcatReader,
-                                                  Processor, iter_raw, text_field)
+                                                  Processor, assemble_examples, text_field)
 
 
 class AlpacaProcessor(Processor):
@@ -67,13 +67,9 @@ class AlpacaProcessor(Processor):
     def assemble(cls, prefixes, writer, task, staging):
         """Copy the examples of all parts, in order, into shards: one per sample, or packed
         block by block (blocks of PACK_BLOCK examples in corpus order, whatever the parts)."""
-        tokens = ConcatReader([p + ".tokens" for p in prefixes], writer.dtype)
         if not task.packing:
-            for prefix in prefixes:
-                prompts = iter_raw(prefix + ".prompts", PROMPT_DTYPE)
-                for lengths in iter_raw(prefix + ".lengths", OFFSET_DTYPE):
-                    writer.add(tokens.read(int(lengths.sum())), lengths, next(prompts))
-            return writer.close()
+            return assemble_examples(prefixes, writer)
+        tokens = ConcatReader([p + ".tokens" for p in prefixes], writer.dtype)
         all_lengths = ConcatReader([p + ".lengths" for p in prefixes], OFFSET_DTYPE)
         all_prompts = ConcatReader([p + ".prompts" for p in prefixes], PROMPT_DTYPE)
         while (lengths := all_lengths.read(PACK_BLOCK)).size:

@@ -141,3 +141,14 @@ def iter_raw(path, dtype, count=COPY_ITEMS):
     with open(path, "rb") as f:
         while (chunk := np.fromfile(f, dtype, count)).size:
             yield chunk
+
+
+def assemble_examples(prefixes, writer):
+    """``assemble`` for part files of ``Processor.write_examples``: every example, in corpus
+    order, a sample of its own with its prompt length; returns the writer's shard list."""
+    tokens = ConcatReader([p + ".tokens" for p in prefixes], writer.dtype)
+    for prefix in prefixes:
+        prompts = iter_raw(prefix + ".prompts", PROMPT_DTYPE)
+        for lengths in iter_raw(prefix + ".lengths", OFFSET_DTYPE):
+            writer.add(tokens.read(int(lengths.sum())), lengths, next(prompts))
+    return writer.close()

@@ -13,8 +13,8 @@ skipped; both are counted in the summary and meta.json.
 from dataclasses import dataclass
 
 from tencentpretrain.data.corpus import LineError
-from tencentpretrain.data.format import DatasetError, OFFSET_DTYPE, PROMPT_DTYPE
-from tencentpretrain.data.processors.base import (BATCH_CHARS, ConcatReader, Processor, iter_raw,
+from tencentpretrain.data.format import DatasetError
+from tencentpretrain.data.processors.base import (BATCH_CHARS, Processor, assemble_examples,
                                                   text_field)
 
 SOURCE_TOO_LONG = "source too long for --seq_length"
@@ -123,9 +123,4 @@ class Seq2seqProcessor(Processor):
 
     @classmethod
     def assemble(cls, prefixes, writer, task, staging):
-        tokens = ConcatReader([p + ".tokens" for p in prefixes], writer.dtype)
-        for prefix in prefixes:
-            prompts = iter_raw(prefix + ".prompts", PROMPT_DTYPE)
-            for lengths in iter_raw(prefix + ".lengths", OFFSET_DTYPE):
-                writer.add(tokens.read(int(lengths.sum())), lengths, next(prompts))
-        return writer.close()
+        return assemble_examples(prefixes, writer)
