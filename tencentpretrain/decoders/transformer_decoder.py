@@ -21,7 +21,7 @@ from tencentpretrain.encoders.base import Encoder
 from tencentpretrain.layers import str2act, str2feedforward, str2layernorm
 from tencentpretrain.layers.kv_cache import KVCache
 from tencentpretrain.layers.multi_headed_attn import MultiHeadedAttention
-from tencentpretrain.layers.relative_position import RelativePositionEmbedding, add_bias
+from tencentpretrain.layers.relative_position import add_bias, relative_position_embedding
 
 
 class EncoderDecoderCache(KVCache):
@@ -77,12 +77,7 @@ class TransformerDecoder(Encoder):
         if config.layernorm_positioning != "pre":
             raise ValueError("the transformer decoder is pre-norm")
         self.config = config
-        self.self_pos_emb = None
-        if config.relative_position_embedding:
-            self.self_pos_emb = RelativePositionEmbedding(
-                config.heads_num, bidirectional=False,
-                num_buckets=config.relative_attention_buckets_num,
-                max_distance=config.relative_attention_max_distance)
+        self.self_pos_emb = relative_position_embedding(config, bidirectional=False)
         self.transformer_decoder = nn.ModuleList(
             [TransformerDecoderLayer(config, i) for i in range(config.decoder_layers)])
         self.layer_norm = str2layernorm[config.layernorm](config.hidden_size,
@@ -122,20 +117,13 @@ class TransformerDecoder(Encoder):
                 bias = self.self_pos_emb(seq, past + seq, past, tgt.device).to(tgt.dtype)
                 self_mask = add_bias(bias, self_mask)
 
-        hidden, layers = tgt, list(self.transformer_decoder)
+        hidden = tgt
         if self.checkpointing():
-            group = self.checkpoint_layers_num
-            # the self-attention mask carries the trained position bias: an argument, so a
-            # reentrant checkpoint (DeepSpeed's) returns its gradient per group
-            trained = (self_mask,) if torch.is_tensor(self_mask) and self_mask.requires_grad else ()
-            for start in range(0, len(layers), group):
-                def run(x, mem, *mask, chunk=layers[start:start + group]):
-                    for layer in chunk:
-                        x = layer(x, mem, mask[0] if mask else self_mask, cross_mask)
-                    return x
-                hidden = self.checkpoint_fn(run, hidden, memory, *trained)
+            hidden = self.checkpointed(
+                hidden, self_mask, lambda layer, x, mask, mem: layer(x, mem, mask, cross_mask),
+                memory)
         else:
-            for i, layer in enumerate(layers):
+            for i, layer in enumerate(self.transformer_decoder):
                 mem = memory
                 if kv_cache is not None:
                     if kv_cache.cross[i] is None:

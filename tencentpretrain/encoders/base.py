@@ -49,3 +49,20 @@ class Encoder(nn.Module):
     def checkpointing(self):
         """Whether this forward recomputes its layers in backward."""
         return bool(self.checkpoint_layers_num) and self.training and torch.is_grad_enabled()
+
+    def checkpointed(self, hidden, mask, call, *inputs):
+        """``hidden`` through ``layers()`` in checkpointed groups: ``call(layer, x, mask,
+        *inputs)`` runs one layer. ``inputs`` (tensors, e.g. the decoder's memory) and a mask
+        carrying a trained bias (T5's relative positions) are checkpoint arguments, so a
+        reentrant checkpoint (DeepSpeed's) returns their gradients per group instead of running
+        backward through their graph once per group."""
+        layers, group = list(self.layers()), self.checkpoint_layers_num
+        trained = torch.is_tensor(mask) and mask.requires_grad
+        for start in range(0, len(layers), group):
+            def run(x, *args, chunk=layers[start:start + group]):
+                layer_mask, args = (args[-1], args[:-1]) if trained else (mask, args)
+                for layer in chunk:
+                    x = call(layer, x, layer_mask, *args)
+                return x
+            hidden = self.checkpoint_fn(run, hidden, *inputs, *((mask,) if trained else ()))
+        return hidden

@@ -11,7 +11,7 @@ from tencentpretrain.data.packing import positions
 from tencentpretrain.encoders.base import Encoder
 from tencentpretrain.layers import str2layernorm
 from tencentpretrain.layers.masks import attention_mask, isolates, isolation_kind, str2mask
-from tencentpretrain.layers.relative_position import RelativePositionEmbedding, add_bias
+from tencentpretrain.layers.relative_position import add_bias, relative_position_embedding
 from tencentpretrain.layers.rotary import rotary_rotations
 from tencentpretrain.layers.transformer import TransformerLayer
 
@@ -21,12 +21,7 @@ class TransformerEncoder(Encoder):
         super().__init__()
         self.config = config
         self.make_mask = str2mask[config.mask]
-        self.relative_pos_emb = None  # T5: bidirectional buckets, shared by every layer
-        if config.relative_position_embedding:
-            self.relative_pos_emb = RelativePositionEmbedding(
-                config.heads_num, bidirectional=True,
-                num_buckets=config.relative_attention_buckets_num,
-                max_distance=config.relative_attention_max_distance)
+        self.relative_pos_emb = relative_position_embedding(config, bidirectional=True)
         self.transformer = nn.ModuleList(
             [TransformerLayer(config, i) for i in range(config.layers_num)])
         self.layer_norm = None
@@ -71,21 +66,11 @@ class TransformerEncoder(Encoder):
             attn_mask, is_causal = add_bias(bias, _dense(attn_mask, is_causal, seq, past,
                                                          hidden.device)), False
 
-        layers = list(self.transformer)
         if self.checkpointing():
-            group = self.checkpoint_layers_num
-            # a mask carrying a trained bias (T5's relative positions) is an argument, so a
-            # reentrant checkpoint (DeepSpeed's) returns its gradient per group instead of
-            # running backward through the bias's graph once per group
-            trained = (attn_mask,) if torch.is_tensor(attn_mask) and attn_mask.requires_grad else ()
-            for start in range(0, len(layers), group):
-                def run(x, *mask, chunk=layers[start:start + group]):
-                    for layer in chunk:
-                        x = layer(x, rotary, mask[0] if mask else attn_mask, is_causal)
-                    return x
-                hidden = self.checkpoint_fn(run, hidden, *trained)
+            hidden = self.checkpointed(
+                hidden, attn_mask, lambda layer, x, mask: layer(x, rotary, mask, is_causal))
         else:
-            for layer in layers:
+            for layer in self.transformer:
                 hidden = layer(hidden, rotary, attn_mask, is_causal, kv_cache)
         if kv_cache is not None:
             kv_cache.advance(seq)

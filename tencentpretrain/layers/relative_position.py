@@ -34,6 +34,16 @@ def relative_position_bucket(relative_position, bidirectional, num_buckets, max_
     return buckets + torch.where(is_small, relative_position, large)
 
 
+def relative_position_embedding(config, bidirectional):
+    """The config's relative position bias (T5's), one module that every layer of a stack
+    uses, or None when the config has none."""
+    if not config.relative_position_embedding:
+        return None
+    return RelativePositionEmbedding(config.heads_num, bidirectional,
+                                     num_buckets=config.relative_attention_buckets_num,
+                                     max_distance=config.relative_attention_max_distance)
+
+
 class RelativePositionEmbedding(nn.Module):
     def __init__(self, heads_num, bidirectional, num_buckets=32, max_distance=128):
         super().__init__()
