@@ -15,6 +15,7 @@ layout to DeepSpeed. Both scale gradients the same way (``loss_divisor``). Neith
 inherits behaviour from the other; both read the run's resolved ``RunSettings``.
 """
 import abc
+import atexit
 import contextlib
 import io
 import os
@@ -178,6 +179,17 @@ class TorchBackend(Backend):
         self.scheduler.load_state_dict(state["scheduler"])
 
 
+def release_shm_allreduce_buffer(rank):
+    """DeepSpeed's CPU backend maps a 64 MiB segment in RAM-backed /dev/shm per rank and never
+    unlinks it, so every CPU run would leave ranks x 64 MiB behind until the machine runs out
+    of memory. Run at exit (success or error): the other ranks opened it during
+    init_distributed, and their mappings outlive the name."""
+    name = (f"/dev/shm/deepspeed_allreduce_buffer_{os.getuid()}_{os.environ.get('MASTER_ADDR')}"
+            f"_{os.environ.get('MASTER_PORT')}_{rank}")
+    if os.path.exists(name):
+        os.unlink(name)
+
+
 class DeepSpeedBackend(Backend):
     """DeepSpeed's engine, with the config ``settings.resolve`` reconciled."""
 
@@ -189,6 +201,7 @@ class DeepSpeedBackend(Backend):
                                 category=FutureWarning)
         with contextlib.redirect_stdout(io.StringIO()):  # its CPU backend prints a build line
             deepspeed.init_distributed()                  # per rank (its logger is unaffected)
+        atexit.register(release_shm_allreduce_buffer, dist.get_rank())
         self.deepspeed = deepspeed
         self.settings = settings
         self.ds_config = settings.ds_config
