@@ -1,6 +1,6 @@
 """The model's shape has one owner (models/layout.py): the encoder interface, the name maps
 against the names checkpoints were written with before it, and the registries as
-extension points (a decoder and a target registered at run time)."""
+extension points (an embedding, an encoder, a decoder and a target registered at run time)."""
 import os
 import re
 import subprocess
@@ -13,7 +13,8 @@ import torch.nn as nn
 import tencentpretrain
 from tencentpretrain.config import ConfigError, config_from_dict, load_config
 from tencentpretrain.decoders import str2decoder
-from tencentpretrain.encoders import Encoder, TransformerEncoder
+from tencentpretrain.embeddings import str2embedding
+from tencentpretrain.encoders import Encoder, TransformerEncoder, str2encoder
 from tencentpretrain.layers.lora import LoraConfig, inject_lora
 from tencentpretrain.model_builder import build_model
 from tencentpretrain.models import layout
@@ -301,6 +302,94 @@ def test_a_decoder_registered_at_run_time_is_built_and_run(monkeypatch):
     assert layout.blocks(model)[-2:] == [model.decoder.blocks[1], model.target]
     layout.enable_activation_checkpointing(model, 2)
     assert model.decoder.checkpoint_layers_num == 2 == model.encoder.checkpoint_layers_num
+
+
+class ToyPositionEmbedding(nn.Module):
+    """A learned absolute position table, summed with the word embedding."""
+
+    def __init__(self, config, vocab_size):
+        super().__init__()
+        self.table = nn.Embedding(config.max_seq_length, config.emb_size)
+
+    def forward(self, input_ids, position_ids=None, seg=None):
+        if position_ids is None:
+            position_ids = torch.arange(input_ids.shape[1]).expand_as(input_ids)
+        return self.table(position_ids)
+
+
+def test_an_embedding_registered_at_run_time_is_summed_with_the_others(monkeypatch):
+    monkeypatch.setitem(str2embedding, "toy_position", ToyPositionEmbedding)
+    torch.manual_seed(0)
+    plain = build_model(config_with(), VOCAB)
+    plain.init_weights()
+    model = build_model(config_with(embedding=["word", "toy_position"]), VOCAB)
+    assert set(model.state_dict()) - set(plain.state_dict()) == {
+        "embedding.toy_position.table.weight"}
+    model.load_state_dict(plain.state_dict(), strict=False)
+    assert layout.embedding_table(model) is model.embedding.word.embedding  # still the word one
+    with torch.no_grad():
+        model.embedding.toy_position.table.weight.zero_()
+        assert torch.equal(model(IDS), plain(IDS))
+        model.embedding.toy_position.table.weight[3].fill_(0.25)
+        changed = (model(IDS) != plain(IDS)).any(-1)
+    assert changed[:, :3].sum() == 0 and changed[:, 3:].all()  # causal: from position 3 on
+
+
+class ToyEncoder(Encoder):
+    """Residual linear layers and a final norm: the encoder interface and nothing else."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.blocks = nn.ModuleList(nn.Linear(config.hidden_size, config.hidden_size)
+                                    for _ in range(config.layers_num))
+        self.norm = nn.LayerNorm(config.hidden_size)
+
+    def layers(self):
+        return self.blocks
+
+    def final_norm(self):
+        return self.norm
+
+    def forward(self, hidden, seg=None, position_ids=None, key_mask=None, kv_cache=None,
+                isolate_segments=False):
+        step = lambda block, x, mask: x + torch.tanh(block(x))  # noqa: E731
+        if self.checkpointing():
+            hidden = self.checkpointed(hidden, None, step)
+        else:
+            for block in self.blocks:
+                hidden = step(block, hidden, None)
+        return self.norm(hidden)
+
+
+def test_an_encoder_registered_at_run_time_is_built_trained_and_checkpointed(monkeypatch):
+    monkeypatch.setitem(str2encoder, "toy", ToyEncoder)
+    torch.manual_seed(0)
+    model = build_model(config_with(encoder="toy"), VOCAB)
+    assert isinstance(model.encoder, ToyEncoder)
+    assert layout.layers(model) == list(model.encoder.blocks)
+    assert layout.final_norm(model) is model.encoder.norm
+    assert {path for path, _ in layout.named_layers(model)} == {"encoder.blocks.0",
+                                                                 "encoder.blocks.1"}
+    loss, count = model(IDS, labels=IDS)
+    loss.backward()
+    plain_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    layout.enable_activation_checkpointing(model, 1)
+    assert model.encoder.checkpoint_layers_num == 1 and model.encoder.checkpointing()
+    recomputed, _ = model(IDS, labels=IDS)
+    recomputed.backward()
+    assert torch.equal(recomputed, loss)
+    for p, grad in zip(model.parameters(), plain_grads):
+        torch.testing.assert_close(p.grad, grad)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(5):
+        optimizer.zero_grad()
+        step_loss, count = model(IDS, labels=IDS)
+        (step_loss / count).backward()
+        optimizer.step()
+        losses.append(float(step_loss.detach() / count))
+    assert losses[-1] < losses[0]
 
 
 def test_a_target_registered_at_run_time_is_called_through_the_registry(monkeypatch):
