@@ -164,20 +164,52 @@ def test_resume_on_a_reprocessed_dataset(runs, tmp_path, capsys):
     assert sorted(logged_losses(log)) == [3, 4]
 
 
-def test_checkpoint_without_a_record_still_resumes(runs, tmp_path, capsys):
-    out = copy_run(runs["full"], str(tmp_path / "old" / "m"))
+def without_record(run, target):
+    """A copy of ``run``'s checkpoints as saves made before checkpoints recorded their run."""
+    out = copy_run(run, target)
     state_file = out + ".checkpoints/global_step2/trainer_state_rank0.json"
     with open(state_file) as f:
         state = json.load(f)
     assert state["run"]["model_config"]["feedforward_size"] == 172  # what is recorded
-    assert state["run"]["dataset"]["seq_length"] == 64 and state["run"]["lora"] is None
+    assert state["run"]["dataset"]["seq_length"] == 64
     del state["run"]
     with open(state_file, "w") as f:
         json.dump(state, f)
+    return out
+
+
+def test_checkpoint_without_a_record_still_resumes(runs, tmp_path, capsys):
+    out = without_record(runs["full"], str(tmp_path / "old" / "m"))
     run_in_process(resume_argv(out))
     log = capsys.readouterr().out
     assert "was saved before checkpoints recorded their model config" in log
     assert sorted(logged_losses(log)) == [3, 4]
+
+
+def test_checkpoint_without_a_record_and_the_wrong_use_lora_is_one_line(runs, tmp_path,
+                                                                        capsys):
+    """Nothing recorded to check first: torch's state-dict error, said in one line."""
+    full = without_record(runs["full"], str(tmp_path / "full" / "m"))
+    line = refused(tmp_path, resume_argv(full, extra=LORA), capsys)
+    assert line == (f"--resume_from_checkpoint {full}.checkpoints: the checkpoint holds "
+                    "full-model training, no LoRA adapters; resume it without --use_lora")
+    lora = without_record(runs["lora"], str(tmp_path / "lora" / "m"))
+    line = refused(tmp_path, resume_argv(lora), capsys)
+    assert line == (f"--resume_from_checkpoint {lora}.checkpoints: the checkpoint holds LoRA "
+                    "adapters on a frozen base, not a full model; resume it with --use_lora "
+                    "and the --lora_* settings it was trained with")
+    with open(TINY) as f:
+        config = json.load(f)
+    config["feedforward_size"] = 200
+    wider = tmp_path / "wider.json"
+    wider.write_text(json.dumps(config))
+    argv = resume_argv(full)
+    argv[argv.index("--config_path") + 1] = str(wider)
+    line = refused(tmp_path, argv, capsys)
+    assert line == (f"--resume_from_checkpoint {full}.checkpoints: its "
+                    "encoder.transformer.0.feed_forward.linear_gate.weight has shape "
+                    "torch.Size([172, 64]), this run's model torch.Size([200, 64]); resume with "
+                    "the checkpoint's --config_path")
 
 
 def test_lora_run_records_its_base_and_names_its_final_files(runs, capsys):

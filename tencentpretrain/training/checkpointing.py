@@ -214,6 +214,31 @@ def _first_difference(saved, current, keys):
                  if key in saved and key in current and saved[key] != current[key]), None)
 
 
+def explain_weights_mismatch(directory, error):
+    """torch's multi-line state-dict error, met resuming a save that recorded no run (nothing
+    was checked before loading), as one line: the checkpoint's kind against --use_lora, or the
+    first tensor that does not fit."""
+    text = str(error)
+    keys = {kind: re.findall(r'"([^"]+)"', found.group(1)) if found else []
+            for kind in ("Missing", "Unexpected")
+            for found in [re.search(kind + r" key\(s\) in state_dict: ([^\n]*)", text)]}
+    name = f"--resume_from_checkpoint {directory}"
+    if any("lora_" in key for key in keys["Unexpected"]):
+        return (f"{name}: the checkpoint holds LoRA adapters on a frozen base, not a full model; "
+                "resume it with --use_lora and the --lora_* settings it was trained with")
+    if any("lora_" in key for key in keys["Missing"]):
+        return (f"{name}: the checkpoint holds full-model training, no LoRA adapters; resume it "
+                "without --use_lora")
+    size = re.search(r"size mismatch for ([^:]+): .*? shape (torch.Size\(\[[^]]*\]\)) from "
+                     r"checkpoint, the shape in current model is (torch.Size\(\[[^]]*\]\))", text)
+    if size:
+        return (f"{name}: its {size.group(1)} has shape {size.group(2)}, this run's model "
+                f"{size.group(3)}; resume with the checkpoint's --config_path")
+    first = next((f"{kind.lower()} {keys[kind][0]}" for kind in keys if keys[kind]), None)
+    return (f"{name}: its weights do not fit this run's model ({first or 'see above'}); resume "
+            "with the checkpoint's --config_path and LoRA options")
+
+
 def check_resumed_model(directory, saved, config_path, config, use_lora):
     """Before anything is built: the checkpoint's kind (LoRA or full) and model config
     against this run's options."""

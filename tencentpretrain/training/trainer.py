@@ -238,7 +238,12 @@ def resume(args, backend, batches):
         load_tag = ckpt.universal_tag(tag)
         say(f"resuming {state.world_size} rank(s) -> {backend.world_size}: weights and "
             f"optimizer state re-partitioned from {os.path.join(directory, load_tag)}")
-    backend.load_checkpoint(directory, load_tag)
+    try:
+        backend.load_checkpoint(directory, load_tag)
+    except RuntimeError as e:
+        if state.run is not None or "in loading state_dict" not in str(e):
+            raise
+        raise TrainingError(ckpt.explain_weights_mismatch(directory, e)) from None
     resume_schedule(backend.scheduler, args.learning_rate)
     try:
         state.restore(batches)
