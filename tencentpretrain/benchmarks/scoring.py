@@ -85,12 +85,6 @@ def encode_question(tokenizer, prefix_ids, prompt_text, continuation_texts):
     return encode_questions(tokenizer, [(prefix_ids, prompt_text)], continuation_texts)[0]
 
 
-def hidden_states(model, input_ids, kv_cache=None):
-    """``Model.forward`` short of its target: scoring needs a few positions' logits."""
-    hidden = model.encoder(model.embedding(input_ids), kv_cache=kv_cache)
-    return hidden if model.decoder is None else model.decoder(hidden)
-
-
 class SharedPrefix:
     """Keys and values of one prefix (batch 1), computed once and read by every batch."""
 
@@ -98,7 +92,7 @@ class SharedPrefix:
         c, param = model.config, next(model.parameters())
         cache = KVCache(c.layers_num, 1, c.kv_heads_num, c.head_dim, len(prefix_ids),
                         param.dtype, param.device)
-        hidden_states(model, torch.tensor([prefix_ids], device=param.device), cache)
+        model.hidden_states(torch.tensor([prefix_ids], device=param.device), kv_cache=cache)
         self.keys, self.values, self.length = cache.keys, cache.values, len(prefix_ids)
 
     def view(self, batch):
@@ -163,7 +157,7 @@ class ChoiceScorer:
         for b, row in enumerate(rows):
             ids[b, :len(row.ids) - skip] = torch.tensor(row.ids[skip:])
         cache = prefix.view(len(rows)) if prefix is not None else None
-        hidden = hidden_states(self.model, ids.to(self.device), cache)
+        hidden = self.model.hidden_states(ids.to(self.device), kv_cache=cache)
         where, targets, owners = [], [], []
         for b, row in enumerate(rows):
             for n, (_, start, target) in enumerate(row.scored):

@@ -46,11 +46,21 @@ class Model(nn.Module):
             memory = self.encode(input_ids, seg=seg, key_mask=key_mask)
             return self.decode(memory, tgt_ids, seg=seg, key_mask=key_mask, labels=labels,
                                loss_mask=loss_mask)
+        hidden = self.hidden_states(input_ids, seg, position_ids, key_mask, kv_cache,
+                                    isolate_segments)
+        return self.targets(hidden, labels, loss_mask)
+
+    def hidden_states(self, input_ids, seg=None, position_ids=None, key_mask=None,
+                      kv_cache=None, isolate_segments=False):
+        """Decoder-only configs: the last hidden states [batch, seq, hidden], before the
+        targets (scoring a few positions needs no logits for the rest)."""
         hidden = self.embedding(input_ids, position_ids, seg)
         hidden = self.encoder(hidden, seg=seg, position_ids=position_ids, key_mask=key_mask,
                               kv_cache=kv_cache, isolate_segments=isolate_segments)
-        if self.decoder is not None:
-            hidden = self.decoder(hidden, seg=seg)
+        return hidden if self.decoder is None else self.decoder(hidden, seg=seg)
+
+    def targets(self, hidden, labels=None, loss_mask=None):
+        """Every configured target on ``hidden``, through the registry's modules."""
         outputs = [target(hidden, labels, loss_mask) for target in self.target.children()]
         return outputs[0] if len(outputs) == 1 else outputs
 
@@ -67,8 +77,7 @@ class Model(nn.Module):
             key_mask = seg > 0
         hidden = self.decoder(memory, tgt=self.embedding(tgt_ids), memory_mask=key_mask,
                               kv_cache=kv_cache)
-        outputs = [target(hidden, labels, loss_mask) for target in self.target.children()]
-        return outputs[0] if len(outputs) == 1 else outputs
+        return self.targets(hidden, labels, loss_mask)
 
     @torch.no_grad()
     def init_weights(self, std=0.02, config=None):
