@@ -20,6 +20,7 @@ from tencentpretrain.prompts import ALPACA_TEMPLATE, build_prompt
 from tencentpretrain.tokenizer import SpmTokenizer
 from tencentpretrain.utils.weights import save_state_dict_file
 from tests.conftest import ROOT
+from tests.training_support import run_main
 
 TINY = os.path.join(ROOT, "models", "llama", "tiny_config.json")
 WORDS = ("alpha beta gamma delta river mountain 北京 上海 数学 物理 history law, \"quoted\" "
@@ -342,15 +343,8 @@ def test_both_averages_on_two_subjects():
 # --- command line ------------------------------------------------------------------------
 
 def run_cli(args, capsys):
-    from inference import run
     from inference.evaluate_benchmark import main
-    try:
-        run(lambda: main([str(a) for a in args]))
-        status = 0
-    except SystemExit as e:
-        status = e.code
-    out, err = capsys.readouterr()
-    return status, out, err
+    return run_main(main, args, capsys)
 
 
 def test_cli_result_file_table_and_submission(tmp_path, weights, llama_spm, capsys):

@@ -16,7 +16,8 @@ from tencentpretrain.chat_templates import (TEMPLATES, ChatTemplateError, encode
 from tencentpretrain.data import DatasetError, TokenDataset, collate, preprocess
 from tencentpretrain.tokenizer import load_tokenizer
 from tests.test_hf_tokenizer import LLAMA3_SPLIT, QWEN_SPLIT, train_byte_level_bpe, write_folder
-from tests.training_support import DEMO_CORPUS, DEMO_INSTRUCTIONS, demo_tokenizer
+from tests.training_support import (DEMO_CORPUS, DEMO_INSTRUCTIONS, demo_tokenizer,
+                                    loss_and_grads)
 
 SYSTEM = "You are a terse assistant."
 PAIRS = [("What is two plus two?", "Four."), ("And three plus three?", " Six, of course.\n"),
@@ -245,16 +246,6 @@ def demo_packed(tmp_path_factory):
     preprocess(DEMO_CONVERSATIONS, demo_tokenizer(), out, data_processor="conversation",
                chat_template="llama2", seq_length=256, packing=True, progress=False)
     return out
-
-
-def loss_and_grads(model, batches):
-    model.zero_grad()
-    total, count = 0.0, 0
-    for batch in batches:
-        loss_sum, counted = model(**batch)
-        loss_sum.backward()
-        total, count = total + loss_sum.detach().double(), count + int(counted)
-    return total, count, {name: p.grad.clone() for name, p in model.named_parameters()}
 
 
 def test_packed_loss_and_grads_equal_one_by_one(demo_packed):

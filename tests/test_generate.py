@@ -21,6 +21,7 @@ from tencentpretrain.prompts import ALPACA_TEMPLATE, build_prompt
 from tencentpretrain.tokenizer import SpmTokenizer
 from tencentpretrain.utils.weights import save_state_dict_file
 from tests.conftest import ROOT, tiny_checkpoint
+from tests.training_support import run_main
 
 transformers = pytest.importorskip("transformers")
 
@@ -179,17 +180,10 @@ def test_escape_round_trip():
 
 def run_cli(argv, capsys, stdin=None, monkeypatch=None):
     """(exit status, stdout, stderr) of generate_lm.py with ``argv``, in this process."""
-    from inference import run
     from inference.generate_lm import main
     if stdin is not None:
         monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
-    try:
-        run(lambda: main([str(a) for a in argv]))
-        status = 0
-    except SystemExit as e:
-        status = e.code
-    out, err = capsys.readouterr()
-    return status, out, err
+    return run_main(main, argv, capsys)
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ from tencentpretrain.data import DatasetError, Sample, TokenDataset, collate, pr
 from tencentpretrain.data.packing import first_fit_decreasing
 from tencentpretrain.layers.masks import causal_document_mask, document_positions
 from tests.conftest import ROOT, tiny_checkpoint
+from tests.training_support import loss_and_grads
 
 TINY_GQA = os.path.join(ROOT, "models", "llama", "tiny_gqa_config.json")
 SEQ_LENGTH = 512
@@ -127,16 +128,6 @@ def gqa_model():
     model = tencentpretrain.build_model(TINY_GQA, 32000).float()
     assert model.config.kv_heads_num < model.config.heads_num
     return model
-
-
-def loss_and_grads(model, batches):
-    model.zero_grad()
-    total, count = 0.0, 0
-    for batch in batches:
-        loss_sum, counted = model(**batch)
-        loss_sum.backward()
-        total, count = total + loss_sum.detach().double(), count + int(counted)
-    return total, count, {name: p.grad.clone() for name, p in model.named_parameters()}
 
 
 @pytest.mark.parametrize("prefix_lm_loss", [True, False])

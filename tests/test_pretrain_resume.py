@@ -1,12 +1,9 @@
 """Exact resume in one process: 8 steps == 4 steps, stop, resume to 8 (bitwise on CPU)."""
-import os
-import shutil
-
 import torch
 
 from tencentpretrain.training.checkpointing import read_latest
 from tencentpretrain.utils.weights import load_state_dict_file
-from tests.training_support import logged_losses, pretrain_argv, run_in_process
+from tests.training_support import copy_save, logged_losses, pretrain_argv, run_in_process
 
 
 def test_resume_is_bitwise_exact(tmp_path, capsys):
@@ -16,12 +13,8 @@ def test_resume_is_bitwise_exact(tmp_path, capsys):
 
     # a run "killed" after its step-4 save: only that save and its latest are left
     resumed = str(tmp_path / "resumed" / "m")
-    os.makedirs(resumed + ".checkpoints")
-    shutil.copytree(full + ".checkpoints/global_step4", resumed + ".checkpoints/global_step4")
-    with open(resumed + ".checkpoints/latest", "w") as f:
-        f.write("global_step4")
-    run_in_process(pretrain_argv(resumed, steps=8, save=4,
-                                 extra=["--resume_from_checkpoint", resumed + ".checkpoints"]))
+    run_in_process(pretrain_argv(resumed, steps=8, save=4, extra=[
+        "--resume_from_checkpoint", copy_save(full, resumed, 4)]))
     log = capsys.readouterr().out
     after = logged_losses(log)
     assert "schedule differs" not in log  # same options: no note

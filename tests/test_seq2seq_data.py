@@ -3,8 +3,6 @@ too-long sources/targets truncated or skipped (--too_long) and counted; a T5 tun
 set lowers the loss and inference/generate_seq2seq.py reproduces a training target."""
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
@@ -14,9 +12,9 @@ from tencentpretrain.data.format import DatasetError
 from tencentpretrain.data.processors.seq2seq import SOURCE_TOO_LONG, TARGET_TOO_LONG
 from tencentpretrain.tokenizer import SpmTokenizer
 from tests.conftest import ROOT
-from tests.training_support import LLAMA_SPM, logged_losses, run_script
+from tests.training_support import (LLAMA_SPM, T5_TINY, generate_seq2seq, logged_losses,
+                                    run_main, train_t5)
 
-T5_TINY = os.path.join(ROOT, "models", "t5-v1_1", "tiny_config.json")
 PAIRS = [("translate to French: hello", "bonjour"),
          ("translate to French: thank you very much", "merci beaucoup"),
          ("translate to French: good night", "bonne nuit"),
@@ -104,42 +102,30 @@ def test_preprocess_options_belong_to_their_processor(tmp_path):
     assert refused.value.code == 2
 
 
-def test_seq2seq_tuning_lowers_the_loss_and_generation_reproduces_a_target(tmp_path):
+def test_seq2seq_tuning_lowers_the_loss_and_generation_reproduces_a_target(tmp_path, capsys):
     corpus = write_jsonl(tmp_path / "tiny.jsonl", PAIRS)
     data = str(tmp_path / "ds")
     preprocess(corpus, LLAMA_SPM, data, data_processor="seq2seq", seq_length=32,
                progress=False, processor_options={"tgt_seq_length": 16})
     out = str(tmp_path / "t5")
-    result = run_script(["--dataset_path", data, "--spm_model_path", LLAMA_SPM, "--config_path",
-                         T5_TINY, "--output_model_path", out, "--total_steps", "80",
-                         "--report_steps", "10", "--batch_size", "4", "--learning_rate", "1e-2",
-                         "--data_processor", "seq2seq", "--seed", "1"])
-    assert result.returncode == 0, result.stderr[-2000:]
-    losses = logged_losses(result.stdout + result.stderr)
+    losses = logged_losses(train_t5(data, LLAMA_SPM, out, "seq2seq", 80, 4, 1e-2, capsys,
+                                    report=10))
     assert losses[80] < losses[10] / 4, losses
-    test = tmp_path / "sources.txt"
-    test.write_text("".join(s + "\n" for s, _ in PAIRS), encoding="utf-8")
-    pred = tmp_path / "pred.txt"
-    done = subprocess.run([sys.executable, os.path.join(ROOT, "inference", "generate_seq2seq.py"),
-                           "--load_model_path", out, "--config_path", T5_TINY,
-                           "--spm_model_path", LLAMA_SPM, "--test_path", str(test),
-                           "--prediction_path", str(pred), "--max_new_tokens", "8"],
-                          capture_output=True, text=True, cwd=ROOT)
-    assert done.returncode == 0, done.stderr[-2000:]
-    predictions = pred.read_text(encoding="utf-8").splitlines()
+    predictions = generate_seq2seq(out, T5_TINY, LLAMA_SPM, [s for s, _ in PAIRS],
+                                   tmp_path / "pred.txt", 8, capsys)
     assert sum(p == t for p, (_, t) in zip(predictions, PAIRS)) >= 3, predictions
     # evaluate_ppl.py on the seq2seq dataset: target-side perplexity (target tokens counted)
-    done = subprocess.run([sys.executable, os.path.join(ROOT, "inference", "evaluate_ppl.py"),
-                           "--load_model_path", out, "--config_path", T5_TINY,
-                           "--spm_model_path", LLAMA_SPM, "--dataset_path", data],
-                          capture_output=True, text=True, cwd=ROOT)
-    assert done.returncode == 0, done.stderr[-2000:]
+    from inference.evaluate_ppl import main as evaluate_ppl
+    status, out_text, err = run_main(evaluate_ppl, [
+        "--load_model_path", out, "--config_path", T5_TINY, "--spm_model_path", LLAMA_SPM,
+        "--dataset_path", data], capsys)
+    assert status == 0, err[-2000:]
     spm = SpmTokenizer(LLAMA_SPM)
     targets = sum(len(spm.encode(t)) + 1 for _, t in PAIRS)
-    assert f"tokens: {targets} " in done.stdout, done.stdout + done.stderr
+    assert f"tokens: {targets} " in out_text, out_text + err
 
 
-def test_seq2seq_tuning_on_the_alpaca_demo_with_held_out_loss(tmp_path):
+def test_seq2seq_tuning_on_the_alpaca_demo_with_held_out_loss(tmp_path, capsys):
     """The alpaca demo as source/target pairs: tuning lowers the training and the held-out
     loss (pretrain.py --eval_dataset_path), and generate_seq2seq.py writes a target a line."""
     import re
@@ -148,24 +134,13 @@ def test_seq2seq_tuning_on_the_alpaca_demo_with_held_out_loss(tmp_path):
                data_processor="seq2seq", seq_length=64, progress=False,
                processor_options={"tgt_seq_length": 64})
     out = str(tmp_path / "t5")
-    result = run_script(["--dataset_path", data, "--eval_dataset_path", data, "--eval_steps", "10",
-                         "--spm_model_path", LLAMA_SPM, "--config_path", T5_TINY,
-                         "--output_model_path", out, "--total_steps", "20", "--report_steps", "1",
-                         "--batch_size", "8", "--learning_rate", "1e-2",
-                         "--data_processor", "seq2seq", "--seed", "1"])
-    assert result.returncode == 0, result.stderr[-2000:]
-    log = result.stdout + result.stderr
+    log = train_t5(data, LLAMA_SPM, out, "seq2seq", 20, 8, 1e-2, capsys,
+                   extra=["--eval_dataset_path", data, "--eval_steps", "10"])
     losses = logged_losses(log)
     assert losses[20] < losses[1] - 1.0, losses
     evals = [float(x) for x in re.findall(r"eval \| step \d+ \| loss ([0-9.]+)", log)]
     assert len(evals) == 2 and evals[1] < evals[0], evals
-    test = tmp_path / "sources.txt"
-    test.write_text("What is five plus three?\nName a color.\n", encoding="utf-8")
-    pred = tmp_path / "pred.txt"
-    done = subprocess.run([sys.executable, os.path.join(ROOT, "inference", "generate_seq2seq.py"),
-                           "--load_model_path", out, "--config_path", T5_TINY,
-                           "--spm_model_path", LLAMA_SPM, "--test_path", str(test),
-                           "--prediction_path", str(pred), "--max_new_tokens", "16"],
-                          capture_output=True, text=True, cwd=ROOT)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert len(pred.read_text(encoding="utf-8").splitlines()) == 2
+    predictions = generate_seq2seq(out, T5_TINY, LLAMA_SPM,
+                                   ["What is five plus three?", "Name a color."],
+                                   tmp_path / "pred.txt", 16, capsys)
+    assert len(predictions) == 2

@@ -9,10 +9,8 @@ from tencentpretrain.data import TokenDataset, collate, preprocess
 from tencentpretrain.data.format import DatasetError
 from tencentpretrain.data.seq2seq import corrupt, noise_mask, raw_length
 from tencentpretrain.vocab.special_tokens import add_special_tokens
-from tests.conftest import ROOT
-from tests.training_support import DEMO_CORPUS, LLAMA_SPM, logged_losses, run_script
-
-T5_TINY = os.path.join(ROOT, "models", "t5-v1_1", "tiny_config.json")
+from tests.training_support import (DEMO_CORPUS, LLAMA_SPM, T5_TINY, generate_seq2seq,
+                                    logged_losses, train_t5)
 
 
 @pytest.fixture(scope="module")
@@ -83,27 +81,14 @@ def test_a_tokenizer_without_sentinels_is_refused_in_one_line(tmp_path):
     assert "\n" not in str(e.value)
 
 
-def test_pretrain_t5_span_corruption_lowers_the_loss_and_generates(tmp_path, t5_spm):
+def test_pretrain_t5_span_corruption_lowers_the_loss_and_generates(tmp_path, t5_spm, capsys):
     data = str(tmp_path / "ds")
     preprocess(DEMO_CORPUS, t5_spm, data, data_processor="t5", seq_length=64, progress=False,
                processor_options={"noise_density": 0.15, "mean_noise_span_length": 3})
     out = str(tmp_path / "t5")
-    result = run_script(["--dataset_path", data, "--spm_model_path", t5_spm, "--config_path",
-                         T5_TINY, "--output_model_path", out, "--total_steps", "12",
-                         "--report_steps", "1", "--batch_size", "8", "--learning_rate", "3e-3",
-                         "--data_processor", "t5", "--seed", "1"])
-    assert result.returncode == 0, result.stderr[-2000:]
-    losses = logged_losses(result.stdout + result.stderr)
+    losses = logged_losses(train_t5(data, t5_spm, out, "t5", 12, 8, 3e-3, capsys))
     assert losses[12] < losses[1] - 0.5, losses
-    import subprocess
-    import sys
-    test = tmp_path / "sources.txt"
-    test.write_text("The capital of France <extra_id_0> Paris.\nHello world\n", encoding="utf-8")
-    pred = tmp_path / "pred.txt"
-    done = subprocess.run([sys.executable, os.path.join(ROOT, "inference", "generate_seq2seq.py"),
-                           "--load_model_path", out, "--config_path", T5_TINY,
-                           "--spm_model_path", t5_spm, "--test_path", str(test),
-                           "--prediction_path", str(pred), "--max_new_tokens", "8"],
-                          capture_output=True, text=True, cwd=ROOT)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert len(pred.read_text(encoding="utf-8").splitlines()) == 2
+    predictions = generate_seq2seq(out, T5_TINY, t5_spm, ["The capital of France <extra_id_0> "
+                                                          "Paris.", "Hello world"],
+                                   tmp_path / "pred.txt", 8, capsys)
+    assert len(predictions) == 2

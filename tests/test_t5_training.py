@@ -2,20 +2,16 @@
 over encoder and decoder layers (same losses and weights as without), and one real 2-rank
 DeepSpeed ZeRO-3 launch of t5 span corruption (with DeepSpeed's activation checkpointing) whose
 losses and weights equal the one-process run on the same global batch, and fall."""
-import os
-import shutil
-
 import pytest
 import torch
 
 from tencentpretrain.data import preprocess
 from tencentpretrain.utils.weights import load_state_dict_file
 from tencentpretrain.vocab.special_tokens import add_special_tokens
-from tests.conftest import ROOT
 from tests.test_pretrain_deepspeed import DEEPSPEED, assert_same_run, launch
-from tests.training_support import DEMO_CORPUS, LLAMA_SPM, logged_losses, run_in_process
+from tests.training_support import (DEMO_CORPUS, LLAMA_SPM, T5_TINY, copy_save,
+                                    logged_losses, run_in_process)
 
-T5_TINY = os.path.join(ROOT, "models", "t5-v1_1", "tiny_config.json")
 CHECKPOINTING = ["--deepspeed_checkpoint_activations", "--deepspeed_checkpoint_layers_num", "1"]
 
 
@@ -44,12 +40,8 @@ def test_t5_resume_is_bitwise_exact(t5_data, tmp_path, capsys):
     run_in_process(t5_argv(t5_data, full))
     unbroken = logged_losses(capsys.readouterr().out)
     resumed = str(tmp_path / "resumed" / "m")
-    os.makedirs(resumed + ".checkpoints")
-    shutil.copytree(full + ".checkpoints/global_step3", resumed + ".checkpoints/global_step3")
-    with open(resumed + ".checkpoints/latest", "w") as f:
-        f.write("global_step3")
     run_in_process(t5_argv(t5_data, resumed,
-                           extra=["--resume_from_checkpoint", resumed + ".checkpoints"]))
+                           extra=["--resume_from_checkpoint", copy_save(full, resumed, 3)]))
     after = logged_losses(capsys.readouterr().out)
     assert sorted(after) == [4, 5, 6]
     assert all(after[s] == unbroken[s] for s in after)

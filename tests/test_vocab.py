@@ -100,7 +100,7 @@ def nll_per_char(model, sp, texts, seq_length=128):
     return total / chars
 
 
-def train_briefly_on_chinese(steps=200, seq_length=32, batch=4, lr=1e-2):
+def train_briefly_on_chinese(steps=60, seq_length=32, batch=4, lr=2e-2):
     """The tiny model trained for seconds on Chinese text with LLaMA's tokenizer (one thread:
     on a shared CPU, small steps are far slower with several)."""
     sp = spm.SentencePieceProcessor(model_file=LLAMA_SPM)
@@ -127,7 +127,8 @@ def train_briefly_on_chinese(steps=200, seq_length=32, batch=4, lr=1e-2):
 
 
 def test_subword_mean_beats_mean_per_character(tmp_path):
-    """Measured here: about 7.3 (subword_mean) against 7.9 (mean) nats per character."""
+    """Measured here: about 7.46 (subword_mean) against 7.92 (mean) nats per character after
+    60 steps (7.06 against 8.13 after 200)."""
     _, merged = merged_tokenizer()
     base_path = str(tmp_path / "base.bin")
     save_state_dict_file(train_briefly_on_chinese().state_dict(), base_path)

@@ -4,6 +4,7 @@ the quick start does), and ways to run pretrain.py in-process, as a script, or u
 import functools
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import sentencepiece as spm
 from tests.conftest import HAVE_SHARED_DATA, ROOT, SHARED_DATA, need_shared_data
 
 TINY = os.path.join(ROOT, "models", "llama", "tiny_config.json")
+T5_TINY = os.path.join(ROOT, "models", "t5-v1_1", "tiny_config.json")
 ZERO3 = os.path.join(ROOT, "models", "deepspeed_zero3_config.json")
 ZERO2 = os.path.join(ROOT, "models", "deepspeed_config.json")
 DEMO_CORPUS = os.path.join(ROOT, "demo", "corpus.txt")
@@ -99,13 +101,29 @@ def run_in_process(argv):
     train(build_parser().parse_args(argv))
 
 
+def train_t5(data, spm_model, output, processor, steps, batch, learning_rate, capsys,
+             report=1, extra=()):
+    """pretrain.py on the tiny T5 in this process (--seed 1); returns what it printed."""
+    capsys.readouterr()
+    run_in_process(["--dataset_path", data, "--spm_model_path", spm_model, "--config_path",
+                    T5_TINY, "--output_model_path", output, "--total_steps", str(steps),
+                    "--report_steps", str(report), "--batch_size", str(batch),
+                    "--learning_rate", str(learning_rate), "--data_processor", processor,
+                    "--seed", "1", *extra])
+    return capsys.readouterr().out
+
+
 def run_script(argv, launcher=None, timeout=600):
     """pretrain.py as a subprocess (under ``launcher``, e.g. ["deepspeed", "--num_gpus", "2"])."""
     launcher = list(launcher or [sys.executable])
     if launcher[0] == "deepspeed":  # a free rendezvous port: suites may run side by side
         launcher[1:1] = ["--master_port", str(free_port())]
     cmd = launcher + [os.path.join(ROOT, "pretrain.py")] + list(argv)
-    env = dict(os.environ, PYTHONPATH=ROOT)
+    # the interpreter's bin first, as in an activated venv: DeepSpeed's JIT-built CPU ops then
+    # always meet the ninja installed with torch, not sometimes the system's (two ninja
+    # versions read each other's build log as changed and rebuild, ~20 s each time)
+    path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
+    env = dict(os.environ, PYTHONPATH=ROOT, PATH=path)
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(name, None)
     return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=timeout)
@@ -121,3 +139,55 @@ def logged_losses(text):
     """{step: loss} from pretrain.py's training report lines (not `eval | step N | loss`)."""
     return {int(s): float(l) for s, l in
             re.findall(r"(?<!eval \| )step\s+(\d+)(?:/\d+)? \| loss ([0-9.]+)", text)}
+
+
+def run_main(main, argv, capsys):
+    """(exit status, stdout, stderr) of an entry point's ``main(argv)`` in this process, through
+    the scripts' one error path (``utils.cli.run``): what the script prints and exits with,
+    without a new interpreter's seconds of imports."""
+    from tencentpretrain.utils.cli import run
+    try:
+        run(lambda: main([str(a) for a in argv]))
+        status = 0
+    except SystemExit as e:
+        status = e.code
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def generate_seq2seq(model, config, spm_model, sources, prediction, max_new_tokens, capsys):
+    """inference/generate_seq2seq.py on the lines ``sources`` (in this process); returns the
+    predicted lines."""
+    from inference.generate_seq2seq import main
+    test = os.path.join(os.path.dirname(str(prediction)), "sources.txt")
+    with open(test, "w", encoding="utf-8") as f:
+        f.writelines(line + "\n" for line in sources)
+    status, _, err = run_main(main, ["--load_model_path", model, "--config_path", config,
+                                     "--spm_model_path", spm_model, "--test_path", test,
+                                     "--prediction_path", prediction, "--max_new_tokens",
+                                     max_new_tokens], capsys)
+    assert status == 0, err[-2000:]
+    with open(prediction, encoding="utf-8") as f:
+        return f.read().splitlines()
+
+
+def copy_save(full, resumed, step):
+    """A run "killed" after its step-``step`` save: ``resumed``'s checkpoint folder gets only
+    that save of ``full`` and its latest; returns the folder for --resume_from_checkpoint."""
+    folder = resumed + ".checkpoints"
+    os.makedirs(folder)
+    shutil.copytree(f"{full}.checkpoints/global_step{step}", f"{folder}/global_step{step}")
+    with open(os.path.join(folder, "latest"), "w") as f:
+        f.write(f"global_step{step}")
+    return folder
+
+
+def loss_and_grads(model, batches):
+    """Summed loss (float64), counted tokens and every parameter's gradient over ``batches``."""
+    model.zero_grad()
+    total, count = 0.0, 0
+    for batch in batches:
+        loss_sum, counted = model(**batch)
+        loss_sum.backward()
+        total, count = total + loss_sum.detach().double(), count + int(counted)
+    return total, count, {name: p.grad.clone() for name, p in model.named_parameters()}
