@@ -1,9 +1,8 @@
 """Qwen2, Mistral and LLaMA-3.1 against transformers: logits, conversion both ways, greedy
 generation with the KV cache, shipped configs' parameter counts, and what the converter refuses."""
+import importlib
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -15,6 +14,7 @@ from tencentpretrain.convert.hf_llama import (config_from_hf, config_to_hf, hf_t
 from tencentpretrain.generation import SamplingOptions, generate
 from tencentpretrain.utils.weights import WeightsError
 from tests.conftest import ROOT
+from tests.training_support import run_main
 
 transformers = pytest.importorskip("transformers")
 
@@ -148,13 +148,14 @@ def test_sliding_window_masks_old_positions():
     assert causal_mask(1, 4, device="cpu", window=4) == (None, True)  # fits: flash path kept
 
 
-def run_script(name, *args):
-    return subprocess.run([sys.executable, os.path.join(ROOT, "scripts", name), *args],
-                          capture_output=True, text=True)
+def run_script(name, capsys, *args):
+    """scripts/``name`` with ``args``, in this process: (exit status, stdout, stderr)."""
+    module = importlib.import_module("scripts." + name.removesuffix(".py"))
+    return run_main(module.main, args, capsys)
 
 
 @pytest.mark.parametrize("name", ["qwen2_tied", "mistral_window", "llama31_rope"])
-def test_conversion_scripts_round_trip_sharded(tmp_path, name):
+def test_conversion_scripts_round_trip_sharded(tmp_path, name, capsys):
     """Sharded safetensors with an index (and a stray consolidated file beside them, as hub
     Mistral folders have) -> ours -> an HF folder that transformers reloads identically."""
     hf = hf_model(name, seed=4).to(torch.bfloat16)
@@ -164,18 +165,18 @@ def test_conversion_scripts_round_trip_sharded(tmp_path, name):
     from safetensors.torch import save_file
     save_file({"stray": torch.zeros(2)}, str(hf_dir / "consolidated.safetensors"))
     ours_path, cfg_path = tmp_path / "ours.safetensors", tmp_path / "cfg.json"
-    result = run_script("convert_llama_from_huggingface_to_tencentpretrain.py",
-                        "--input_model_path", str(hf_dir), "--output_model_path", str(ours_path),
-                        "--output_config_path", str(cfg_path))
-    assert result.returncode == 0, result.stderr
+    status, _, err = run_script("convert_llama_from_huggingface_to_tencentpretrain.py", capsys,
+                                "--input_model_path", hf_dir, "--output_model_path", ours_path,
+                                "--output_config_path", cfg_path)
+    assert status == 0, err
     from tencentpretrain.utils.weights import load_state_dict_file
     assert {t.dtype for t in load_state_dict_file(str(ours_path)).values()} == {torch.bfloat16}
     tencentpretrain.load_model(str(cfg_path), str(ours_path), device="meta")  # shapes fit
     out_dir = tmp_path / "hf_again"
-    result = run_script("convert_tencentpretrain_to_llama_huggingface.py",
-                        "--input_model_path", str(ours_path), "--config_path", str(cfg_path),
-                        "--output_model_path", str(out_dir))
-    assert result.returncode == 0, result.stderr
+    status, _, err = run_script("convert_tencentpretrain_to_llama_huggingface.py", capsys,
+                                "--input_model_path", ours_path, "--config_path", cfg_path,
+                                "--output_model_path", out_dir)
+    assert status == 0, err
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(out_dir).eval()
     assert type(reloaded) is type(hf)
     original = hf.state_dict()
@@ -248,17 +249,17 @@ def test_unplaced_tensor_is_refused_not_dropped():
         hf_to_tencentpretrain(state, config)
 
 
-def test_script_refuses_qwen2_folder_with_sliding_window_in_one_line(tmp_path):
+def test_script_refuses_qwen2_folder_with_sliding_window_in_one_line(tmp_path, capsys):
     hf = hf_model("qwen2_tied")
     hf.save_pretrained(tmp_path / "hf")
     config = json.loads((tmp_path / "hf" / "config.json").read_text())
     config["use_sliding_window"] = True
     (tmp_path / "hf" / "config.json").write_text(json.dumps(config))
-    result = run_script("convert_llama_from_huggingface_to_tencentpretrain.py",
-                        "--input_model_path", str(tmp_path / "hf"),
-                        "--output_model_path", str(tmp_path / "out.bin"))
-    assert result.returncode == 2
-    assert result.stderr.strip().count("\n") == 0 and "use_sliding_window" in result.stderr
+    status, _, err = run_script("convert_llama_from_huggingface_to_tencentpretrain.py", capsys,
+                                "--input_model_path", tmp_path / "hf",
+                                "--output_model_path", tmp_path / "out.bin")
+    assert status == 2
+    assert err.strip().count("\n") == 0 and "use_sliding_window" in err
     assert not (tmp_path / "out.bin").exists()
 
 

@@ -146,6 +146,7 @@ def run_main(main, argv, capsys):
     the scripts' one error path (``utils.cli.run``): what the script prints and exits with,
     without a new interpreter's seconds of imports."""
     from tencentpretrain.utils.cli import run
+    capsys.readouterr()  # not what the test printed before
     try:
         run(lambda: main([str(a) for a in argv]))
         status = 0
