@@ -13,6 +13,7 @@ from tencentpretrain.data import DatasetError, TokenDataset, collate, preprocess
 from tencentpretrain.evaluation import evaluate, evaluate_dataset
 from tencentpretrain.tokenizer import SpmTokenizer
 from tests.conftest import ROOT, tiny_checkpoint
+from tests.training_support import run_tool
 
 EVALUATE = os.path.join(ROOT, "inference", "evaluate_ppl.py")
 ALPACA = [('{"instruction": "Name a colour.", "input": "", "output": "Blue is a colour."}'),
@@ -83,10 +84,13 @@ def test_cli_raw_text_equals_preprocessed_dataset(setup):
         f"loading {tmp / 'tiny.bin'}", f"evaluating {tmp / 'text.txt'} on cpu, batches of 8"]
 
 
-def test_cli_errors_are_one_line(setup):
-    tmp = setup[0]
-    result = run_cli(setup, "--dataset_path", tmp / "lm", "--prefix_lm_loss")
-    assert result.returncode == 2
-    assert result.stderr.splitlines()[-1] == (  # the last line, after the progress lines
+def test_cli_errors_are_one_line(setup, capsys):
+    """In this process (the test above runs the real entry point): exit 2, one line."""
+    tmp, config, _, tokenizer = setup
+    status, _, err = run_tool("inference/evaluate_ppl.py", [
+        "--load_model_path", tmp / "tiny.bin", "--config_path", config, "--spm_model_path",
+        tokenizer.path, "--dataset_path", tmp / "lm", "--prefix_lm_loss"], capsys)
+    assert status == 2
+    assert err.splitlines()[-1] == (  # the last line, after the progress lines
         f"error: --prefix_lm_loss needs an alpaca dataset; {tmp / 'lm'} is lm")
-    assert "Traceback" not in result.stderr
+    assert "Traceback" not in err

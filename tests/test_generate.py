@@ -198,7 +198,7 @@ def cli_args(checkpoint, llama_spm, prompts, out, *extra):
             "--test_path", prompts, "--prediction_path", out, *extra]
 
 
-def test_cli_entry_point(tmp_path, checkpoint, llama_spm):
+def test_cli_entry_point(tmp_path, checkpoint, llama_spm, capsys):
     (tmp_path / "p.txt").write_text("Hello\n")
     out = tmp_path / "new" / "folder" / "o.txt"  # missing folders are made
     args = cli_args(checkpoint, llama_spm, tmp_path / "p.txt", out, "--greedy",
@@ -208,12 +208,12 @@ def test_cli_entry_point(tmp_path, checkpoint, llama_spm):
     assert ok.returncode == 0, ok.stderr
     assert ok.stderr.splitlines()[-1] == f"wrote 1 continuation to {out}"
     assert len(out.read_text(encoding="utf-8").splitlines()) == 1
-    bad = subprocess.run([sys.executable, GENERATE, *map(str, args[:6]), "--test_path",
-                          tmp_path / "missing.txt", "--prediction_path", tmp_path / "o.txt"],
-                         capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2
-    assert bad.stderr.splitlines() == [f"error: --test_path {tmp_path / 'missing.txt'}: "
-                                       "No such file or directory"]
+    # a missing file: exit 2 and one line (in this process, through the same error path)
+    status, _, err = run_cli(args[:6] + ["--test_path", tmp_path / "missing.txt",
+                                         "--prediction_path", tmp_path / "o.txt"], capsys)
+    assert status == 2
+    assert err.splitlines() == [f"error: --test_path {tmp_path / 'missing.txt'}: "
+                                "No such file or directory"]
 
 
 def test_cli_batched_file_equals_one_at_a_time(tmp_path, checkpoint, llama_spm, tokenizer,

@@ -1,8 +1,6 @@
 """Meta's original checkpoint layout (params.json + consolidated.NN.pth shards) -> ours."""
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -12,11 +10,12 @@ from tencentpretrain.config import load_config
 from tencentpretrain.convert.hf_llama import config_to_hf, tencentpretrain_to_hf
 from tencentpretrain.convert.meta_llama import meta_feedforward_size
 from tests.conftest import ROOT
+from tests.training_support import run_tool
 
 transformers = pytest.importorskip("transformers")
 
 VOCAB = 320
-SCRIPT = os.path.join(ROOT, "scripts", "convert_llama_to_tencentpretrain.py")
+SCRIPT = "scripts/convert_llama_to_tencentpretrain.py"
 # (HF name, Meta name, dimension Meta's model parallelism splits it along; None = replicated)
 META_LAYOUT = [
     ("model.embed_tokens.weight", "tok_embeddings.weight", 1),
@@ -86,13 +85,14 @@ def random_hf(config_path, seed):
       "ffn_dim_multiplier": 0.75, "norm_eps": 1e-5, "rope_theta": 500000.0,
       "vocab_size": VOCAB}),
 ])
-def test_two_shard_meta_checkpoint_equals_hf(tmp_path, config_path, params):
+def test_two_shard_meta_checkpoint_equals_hf(tmp_path, config_path, params, capsys):
     config, hf = random_hf(config_path, seed=11)
     write_meta_checkpoint(tmp_path / "meta", hf, params)
     out, out_config = tmp_path / "ours.bin", tmp_path / "config.json"
-    subprocess.run([sys.executable, SCRIPT, "--input_model_path", str(tmp_path / "meta"),
-                    "--output_model_path", str(out), "--output_config_path", str(out_config),
-                    "--max_seq_length", "1024"], check=True, capture_output=True)
+    status, _, err = run_tool(SCRIPT, ["--input_model_path", tmp_path / "meta",
+                                       "--output_model_path", out, "--output_config_path",
+                                       out_config, "--max_seq_length", "1024"], capsys)
+    assert status == 0, err
     written = load_config(str(out_config))
     for key in ("feedforward_size", "kv_heads_num", "rope_theta", "layernorm_eps",
                 "max_seq_length", "heads_num", "layers_num"):
@@ -117,13 +117,12 @@ def test_feedforward_size_like_meta(dim, multiple_of, multiplier, expected):
     assert meta_feedforward_size(dim, multiple_of, multiplier) == expected
 
 
-def test_bad_folder_is_one_line_error(tmp_path):
+def test_bad_folder_is_one_line_error(tmp_path, capsys):
     (tmp_path / "params.json").write_text('{"dim": 64}')
-    result = subprocess.run([sys.executable, SCRIPT, "--input_model_path", str(tmp_path),
-                             "--output_model_path", str(tmp_path / "x.bin")],
-                            capture_output=True, text=True)
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [
+    status, _, err = run_tool(SCRIPT, ["--input_model_path", tmp_path,
+                                       "--output_model_path", tmp_path / "x.bin"], capsys)
+    assert status == 2
+    assert err.strip().splitlines() == [
         f'error: {tmp_path / "params.json"}: missing "n_layers"']
 
 

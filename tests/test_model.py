@@ -1,8 +1,6 @@
 """The model against the reference implementation (transformers' LLaMA)."""
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -12,6 +10,7 @@ from tencentpretrain.config import config_from_dict, load_config
 from tencentpretrain.convert.hf_llama import (config_to_hf, hf_to_tencentpretrain,
                                               tencentpretrain_to_hf)
 from tests.conftest import ROOT
+from tests.training_support import run_tool
 
 transformers = pytest.importorskip("transformers")
 
@@ -55,27 +54,26 @@ def test_hf_round_trip_is_identical():
         assert torch.equal(tensor, hf_state[name]), name
 
 
-def test_conversion_scripts_round_trip(tmp_path):
+def test_conversion_scripts_round_trip(tmp_path, capsys):
     config_path = "models/llama/tiny_gqa_config.json"
     config, hf = hf_model(config_path, seed=3)
     hf_dir = tmp_path / "hf"
     hf.save_pretrained(hf_dir)  # safetensors
     ours_path = tmp_path / "ours.bin"
-    subprocess.run([sys.executable, os.path.join(ROOT, "scripts",
-                    "convert_llama_from_huggingface_to_tencentpretrain.py"),
-                    "--input_model_path", str(hf_dir), "--output_model_path", str(ours_path),
-                    "--output_config_path", str(tmp_path / "cfg.json")], check=True)
+    status, _, err = run_tool("scripts/convert_llama_from_huggingface_to_tencentpretrain.py", [
+        "--input_model_path", hf_dir, "--output_model_path", ours_path,
+        "--output_config_path", tmp_path / "cfg.json"], capsys)
+    assert status == 0, err
     assert json.loads((tmp_path / "cfg.json").read_text())["local_kv_heads_num"] == 2
     model = tencentpretrain.load_model(os.path.join(ROOT, config_path), str(ours_path))
     input_ids = torch.randint(0, VOCAB, (2, 19))
     with torch.no_grad():
         assert (model(input_ids) - hf(input_ids).logits).abs().max().item() <= 1e-4
     out_dir = tmp_path / "hf_again"
-    subprocess.run([sys.executable, os.path.join(ROOT, "scripts",
-                    "convert_tencentpretrain_to_llama_huggingface.py"),
-                    "--input_model_path", str(ours_path), "--config_path",
-                    os.path.join(ROOT, config_path), "--output_model_path", str(out_dir)],
-                   check=True)
+    status, _, err = run_tool("scripts/convert_tencentpretrain_to_llama_huggingface.py", [
+        "--input_model_path", ours_path, "--config_path", os.path.join(ROOT, config_path),
+        "--output_model_path", out_dir], capsys)
+    assert status == 0, err
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(out_dir).eval()
     original = hf.state_dict()
     for name, tensor in reloaded.state_dict().items():

@@ -1,6 +1,5 @@
 """Qwen2, Mistral and LLaMA-3.1 against transformers: logits, conversion both ways, greedy
 generation with the KV cache, shipped configs' parameter counts, and what the converter refuses."""
-import importlib
 import json
 import os
 
@@ -14,7 +13,7 @@ from tencentpretrain.convert.hf_llama import (config_from_hf, config_to_hf, hf_t
 from tencentpretrain.generation import SamplingOptions, generate
 from tencentpretrain.utils.weights import WeightsError
 from tests.conftest import ROOT
-from tests.training_support import run_main
+from tests.training_support import run_tool
 
 transformers = pytest.importorskip("transformers")
 
@@ -150,8 +149,7 @@ def test_sliding_window_masks_old_positions():
 
 def run_script(name, capsys, *args):
     """scripts/``name`` with ``args``, in this process: (exit status, stdout, stderr)."""
-    module = importlib.import_module("scripts." + name.removesuffix(".py"))
-    return run_main(module.main, args, capsys)
+    return run_tool("scripts/" + name, args, capsys)
 
 
 @pytest.mark.parametrize("name", ["qwen2_tied", "mistral_window", "llama31_rope"])

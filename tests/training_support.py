@@ -2,6 +2,7 @@
 ../shared/data (or, without it, from the project's demo data with a tokenizer trained on it as
 the quick start does), and ways to run pretrain.py in-process, as a script, or under deepspeed."""
 import functools
+import importlib
 import os
 import re
 import shutil
@@ -154,6 +155,12 @@ def run_main(main, argv, capsys):
         status = e.code
     out, err = capsys.readouterr()
     return status, out, err
+
+
+def run_tool(path, argv, capsys):
+    """``run_main`` of the script at ``path`` from the checkout root, e.g. "scripts/x.py"."""
+    module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
+    return run_main(module.main, argv, capsys)
 
 
 def generate_seq2seq(model, config, spm_model, sources, prediction, max_new_tokens, capsys):
