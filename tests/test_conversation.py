@@ -269,16 +269,16 @@ def test_packed_loss_and_grads_equal_one_by_one(demo_packed):
         assert (grad - single[2][name]).abs().max() <= 1e-5 * single[2][name].abs().max(), name
 
 
-def test_training_on_conversations_lowers_loss(demo_packed, tmp_path):
+def test_training_on_conversations_lowers_loss(demo_packed, tmp_path, capsys):
     """pretrain.py --data_processor conversation --prefix_lm_loss on packed demo conversations."""
-    from tests.training_support import TINY, logged_losses, run_script
+    from tests.training_support import TINY, logged_losses, run_in_process
     argv = ["--dataset_path", demo_packed, "--spm_model_path", demo_tokenizer(), "--config_path", TINY,
             "--output_model_path", str(tmp_path / "model"), "--total_steps", "30",
             "--save_checkpoint_steps", "30", "--report_steps", "1", "--batch_size", "4",
             "--learning_rate", "3e-3", "--warmup", "0", "--data_processor", "conversation",
             "--prefix_lm_loss"]
-    result = run_script(argv)
-    assert result.returncode == 0, result.stderr[-2000:]
-    losses = logged_losses(result.stdout + result.stderr)
+    capsys.readouterr()
+    run_in_process(argv)
+    losses = logged_losses(capsys.readouterr().out)
     assert len(losses) >= 20
     assert np.mean([losses[s] for s in range(26, 31)]) < 0.7 * np.mean([losses[s] for s in range(1, 6)])
