@@ -4,6 +4,12 @@ import sys
 
 import pytest
 
+# torch's OpenMP threads wait for each other by spinning: on a small or shared machine (2
+# cores, other jobs beside the suite) a spinning thread holds the core that the thread it waits
+# for needs, and the tiny models' steps get several times slower. Threads sleep instead (set
+# before torch loads; the scripts the tests start inherit it); an explicit setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
@@ -32,8 +38,9 @@ def pytest_terminal_summary(terminalreporter):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "shared_data: the test reads ../shared/data")
-    config.addinivalue_line("markers", "slow: a multi-rank DeepSpeed launch or a --compile run "
-                                       "(make test runs them, make test-fast skips them)")
+    config.addinivalue_line("markers", "slow: a DeepSpeed run (multi-rank launches, one rank "
+                                       "without the launcher) or a --compile run (make test "
+                                       "runs them, make test-fast skips them)")
 
 
 # DeepSpeed launches of several ranks and torch.compile runs: minutes each on 2 cores

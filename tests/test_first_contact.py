@@ -18,6 +18,36 @@ from tests.training_support import (TINY, VOCAB_SIZE, ZERO3, logged_losses, pret
                                          run_in_process, run_script)
 
 
+def test_a_run_without_a_launcher_gets_the_environment_of_one_rank(monkeypatch):
+    """What ``pretrain.py --deepspeed`` does first when no launcher started it (the run itself:
+    the slow test below): torchrun's variables for one rank on a free local port, so DeepSpeed
+    does not probe for MPI; under a launcher nothing is touched."""
+    import socket
+    from tencentpretrain.training.settings import Launch, single_rank_environment
+    names = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+             "OMPI_COMM_WORLD_SIZE")
+    for name in names:
+        monkeypatch.delenv(name, raising=False)
+    assert single_rank_environment()
+    assert {name: os.environ.get(name) for name in names[:5]} == {
+        "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
+        "MASTER_ADDR": "127.0.0.1"}
+    with socket.socket() as s:  # the port is free
+        s.bind(("127.0.0.1", int(os.environ["MASTER_PORT"])))
+    assert Launch.from_environment() == Launch(rank=0, local_rank=0, world_size=1)
+    for launched in ({"RANK": "1", "WORLD_SIZE": "2"}, {"OMPI_COMM_WORLD_SIZE": "2"}):
+        for name in names:
+            monkeypatch.delenv(name, raising=False)
+        for name, value in launched.items():
+            monkeypatch.setenv(name, value)
+        assert not single_rank_environment()
+        assert {name: os.environ.get(name) for name in names} == {
+            name: launched.get(name) for name in names}
+
+
+# a DeepSpeed run, seconds to start and a JIT-built CPU op the first time (make test runs it;
+# the environment it needs is checked in make test-fast by the test above)
+@pytest.mark.slow
 def test_deepspeed_without_the_launcher_runs_one_rank(tmp_path):
     out = str(tmp_path / "m")
     result = run_script(pretrain_argv(out, steps=2, save=2, extra=[
