@@ -1,8 +1,8 @@
 # Two commands on a fresh machine (Python 3.10+):
 #   make quickstart   install what is missing, then the quick start end to end (CPU, minutes)
 #   make test         install the test extras too, then the test suite (what CI runs)
-#   make test-fast    the suite without the tests marked slow (multi-rank DeepSpeed launches,
-#                     --compile): pytest -m "not slow", under 3 minutes on 2 cores
+#   make test-fast    the suite without the tests marked slow (DeepSpeed runs, --compile):
+#                     pytest -m "not slow", about 2 minutes on 2 cores
 PYTHON ?= python3
 export PYTHON
 
