@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 import tencentpretrain
 from tencentpretrain.chat import ChatSession, load_chat_template

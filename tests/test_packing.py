@@ -12,8 +12,8 @@ import torch
 
 import tencentpretrain
 from tencentpretrain.data import DatasetError, Sample, TokenDataset, collate, preprocess
-from tencentpretrain.data.packing import first_fit_decreasing
-from tencentpretrain.layers.masks import causal_document_mask, document_positions
+from tencentpretrain.data.packing import document_positions, first_fit_decreasing
+from tencentpretrain.layers.masks import causal_document_mask
 from tests.conftest import ROOT, tiny_checkpoint
 from tests.training_support import loss_and_grads
 

@@ -7,7 +7,7 @@ import pytest
 
 from tencentpretrain.data import TokenDataset, collate, preprocess
 from tencentpretrain.data.format import DatasetError
-from tencentpretrain.data.seq2seq import corrupt, noise_mask, raw_length
+from tencentpretrain.data.seq2seq import corrupt, noise_mask
 from tencentpretrain.vocab.special_tokens import add_special_tokens
 from tests.training_support import (DEMO_CORPUS, LLAMA_SPM, T5_TINY, generate_seq2seq,
                                     logged_losses, train_t5)

@@ -28,7 +28,7 @@ Each query always sees itself, so a padded row never becomes an all-False row (N
 """
 import torch
 
-from tencentpretrain.data.packing import document_positions, run_starts  # noqa: F401 (re-exported)
+from tencentpretrain.data.packing import run_starts
 
 ISOLATION_KINDS = ("dense", "spans", "block_mask")
 
