@@ -20,7 +20,7 @@ if ! torch_version=$("$PYTHON" -c 'import torch; print(torch.__version__.split("
   else
     pip_install torch==2.13.0
   fi
-  torch_version=$("$PYTHON" -c 'import torch; print(torch.__version__.split("+")[0])')
+  torch_version=$("$PYTHON" -W ignore -c 'import torch; print(torch.__version__.split("+")[0])')  # before numpy: no warning
 fi
 project=.
 [ "${1:-}" = "--test" ] && project=".[test]"
