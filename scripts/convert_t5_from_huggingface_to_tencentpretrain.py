@@ -10,11 +10,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tencentpretrain.config import ConfigError  # noqa: E402
 from tencentpretrain.convert import add_conversion_options, write_converted  # noqa: E402
 from tencentpretrain.convert.hf_llama import read_hf_model  # noqa: E402
-from tencentpretrain.convert.hf_t5 import (config_from_hf, hf_to_tencentpretrain,  # noqa: E402
-                                           is_t5)
+from tencentpretrain.convert.hf_t5 import config_from_hf, hf_to_tencentpretrain  # noqa: E402
 from tencentpretrain.utils.cli import run  # noqa: E402
 
 
@@ -25,20 +23,11 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     def convert():
-        config, state = read_hf_model(args.input_model_path, t5_config_from_hf,
+        config, state = read_hf_model(args.input_model_path, config_from_hf,
                                       hf_to_tencentpretrain)
         write_converted(state, config, args.output_model_path, args.output_config_path)
 
     run(convert)
-
-
-def t5_config_from_hf(hf_config, source):
-    """hf_t5's config_from_hf; a config that is not T5's is refused naming its converter."""
-    if not is_t5(hf_config):
-        raise ConfigError(f"{source}: not a T5 config (model_type "
-                          f"{hf_config.get('model_type')!r}); LLaMA-family folders convert "
-                          "with scripts/convert_llama_from_huggingface_to_tencentpretrain.py")
-    return config_from_hf(hf_config, source=source)
 
 
 if __name__ == "__main__":

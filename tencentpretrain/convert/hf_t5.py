@@ -24,7 +24,12 @@ def is_t5(hf_config):
 
 
 def config_from_hf(hf, source="Hugging Face config.json"):
-    """Our ModelConfig from a T5 ``config.json`` dict."""
+    """Our ModelConfig from a T5 ``config.json`` dict; another model's is refused naming its
+    converter."""
+    if not is_t5(hf):
+        raise ConfigError(f"{source}: not a T5 config (model_type {hf.get('model_type')!r}); "
+                          "LLaMA-family folders convert with "
+                          "scripts/convert_llama_from_huggingface_to_tencentpretrain.py")
     proj = hf.get("feed_forward_proj", "relu")
     if proj not in FEED_FORWARD:
         raise ConfigError(f"{source}: feed_forward_proj {proj!r} is not supported; supported: "
