@@ -8,18 +8,17 @@ The LLaMA export's guards apply (the same functions): an output folder already h
 files is refused, and every tensor's shape is checked against the config before anything is
 written."""
 import argparse
-import json
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tencentpretrain.config import ConfigError, load_config  # noqa: E402
-from tencentpretrain.convert import add_export_options  # noqa: E402
-from tencentpretrain.convert.hf_llama import (check_output_folder, checked_hf_state,  # noqa: E402
-                                              write_hf_folder)
+from tencentpretrain.convert import add_export_options, write_hf_folder  # noqa: E402
+from tencentpretrain.convert.hf_llama import check_output_folder, checked_hf_state  # noqa: E402
 from tencentpretrain.convert.hf_t5 import config_to_hf, tencentpretrain_to_hf  # noqa: E402
-from tencentpretrain.convert.hf_tokenizer import export_tokenizer  # noqa: E402
+from tencentpretrain.convert.hf_tokenizer import (export_tokenizer,  # noqa: E402
+                                                  write_generation_config)
 from tencentpretrain.tokenizer import add_tokenizer_options, load_tokenizer  # noqa: E402
 from tencentpretrain.utils.cli import run  # noqa: E402
 
@@ -57,11 +56,7 @@ def convert(args):
                                    seq2seq=True)
     else:
         os.makedirs(args.output_model_path, exist_ok=True)
-        with open(os.path.join(args.output_model_path, "generation_config.json"), "w",
-                  encoding="utf-8") as f:
-            json.dump({"decoder_start_token_id": pad_id, "eos_token_id": eos_id,
-                       "pad_token_id": pad_id}, f, indent=2)
-            f.write("\n")
+        write_generation_config(args.output_model_path, None, eos_id, pad_id, seq2seq=True)
         written = ["generation_config.json"]
     write_hf_folder(args.output_model_path, hf_config, hf_state, written)
 

@@ -9,10 +9,9 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tencentpretrain.config import load_config  # noqa: E402
-from tencentpretrain.convert import add_export_options  # noqa: E402
+from tencentpretrain.convert import add_export_options, write_hf_folder  # noqa: E402
 from tencentpretrain.convert.hf_llama import (check_output_folder, checked_hf_state,  # noqa: E402
-                                              config_to_hf, hf_family, tencentpretrain_to_hf,
-                                              write_hf_folder)
+                                              config_to_hf, hf_family, tencentpretrain_to_hf)
 from tencentpretrain.chat import export_template  # noqa: E402
 from tencentpretrain.convert.hf_tokenizer import export_tokenizer, write_chat_template  # noqa: E402
 from tencentpretrain.tokenizer import (TokenizerError, add_tokenizer_options,  # noqa: E402

@@ -11,14 +11,13 @@ in Meta's rotary order, HF's permuted); its maps are exact inverses, so HF -> ou
 is lossless.
 """
 import glob
-import json
 import os
 
 from tencentpretrain.config import ConfigError, ModelConfig, config_from_dict
 from tencentpretrain.model_builder import build_model, check_state_dict, vocab_size_of
 from tencentpretrain.models import layout
 from tencentpretrain.utils.files import read_json
-from tencentpretrain.utils.weights import WeightsError, load_state_dict_file, save_state_dict_file
+from tencentpretrain.utils.weights import WeightsError, load_state_dict_file
 
 # HF architecture -> model_type; the family decides which config keys are read.
 ARCHITECTURES = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2",
@@ -175,17 +174,6 @@ def checked_hf_state(path, config, config_path, to_hf):
     except KeyError as e:
         raise WeightsError(f"{path}: missing tensor {e.args[0]} for config {config_path}") from None
     return hf_state, vocab_size, str(next(iter(hf_state.values())).dtype).replace("torch.", "")
-
-
-def write_hf_folder(folder, hf_config, hf_state, written=()):
-    """The last step of an export: config.json and model.safetensors into ``folder``, then the
-    one line naming every file written (``written``: those already there, tokenizer files)."""
-    os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, "config.json"), "w", encoding="utf-8") as f:
-        json.dump(hf_config, f, indent=2)
-        f.write("\n")
-    save_state_dict_file(hf_state, os.path.join(folder, "model.safetensors"))
-    print(f"wrote {folder}: {', '.join(['config.json', 'model.safetensors', *written])}")
 
 
 def _weight_files(path):

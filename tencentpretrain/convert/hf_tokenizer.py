@@ -23,6 +23,7 @@ import os
 import shutil
 import tempfile
 
+from tencentpretrain.convert import write_json_file
 from tencentpretrain.tokenizer import (HF_FILE, SPM_OPTION, TOKEN_FILES, HfTokenizer,
                                        SpmTokenizer, TokenizerError)
 
@@ -44,12 +45,6 @@ SAMPLE_TEXTS = (
 _UNIGRAM, _BPE = 1, 2  # TrainerSpec.ModelType
 _MODEL_TYPES = {1: "unigram", 2: "bpe", 3: "word", 4: "char"}
 _NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED = 1, 2, 3, 4  # SentencePiece.Type
-
-
-def _write_json(folder, name, content):
-    with open(os.path.join(folder, name), "w", encoding="utf-8") as f:
-        json.dump(content, f, indent=2, ensure_ascii=False)
-        f.write("\n")
 
 
 def write_hf_tokenizer(spm_model_path, folder, model_max_length=None, check_texts=(),
@@ -115,9 +110,10 @@ def _write_spm_files(tokenizer, proto, folder, model_max_length, seq2seq=False):
     }
     if model_max_length:
         config["model_max_length"] = model_max_length
-    _write_json(folder, "tokenizer_config.json", config)
-    _write_json(folder, "special_tokens_map.json", specials)
-    _write_generation_config(folder, tokenizer, seq2seq)
+    write_json_file(os.path.join(folder, "tokenizer_config.json"), config)
+    write_json_file(os.path.join(folder, "special_tokens_map.json"), specials)
+    write_generation_config(folder, tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id,
+                            seq2seq)
     return ["tokenizer.model", HF_FILE, "tokenizer_config.json", "special_tokens_map.json",
             "generation_config.json"]
 
@@ -223,14 +219,13 @@ def _first_mismatch(folder, tokenizer, texts, seq2seq=False):
             transformers.logging.set_verbosity(verbosity)
 
 
-def _write_generation_config(folder, tokenizer, seq2seq=False):
-    if seq2seq:  # T5: the decoder starts at pad
-        content = {"decoder_start_token_id": tokenizer.pad_id, "eos_token_id": tokenizer.eos_id,
-                   "pad_token_id": tokenizer.pad_id}
+def write_generation_config(folder, bos_id, eos_id, pad_id, seq2seq=False):
+    """generation_config.json; ``seq2seq`` (T5): the decoder starts at pad, no bos."""
+    if seq2seq:
+        content = {"decoder_start_token_id": pad_id, "eos_token_id": eos_id, "pad_token_id": pad_id}
     else:
-        content = {"bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id,
-                   "pad_token_id": tokenizer.pad_id}
-    _write_json(folder, "generation_config.json", content)
+        content = {"bos_token_id": bos_id, "eos_token_id": eos_id, "pad_token_id": pad_id}
+    write_json_file(os.path.join(folder, "generation_config.json"), content)
 
 
 def copy_hf_tokenizer(tokenizer, folder, model_max_length=None, seq2seq=False):
@@ -256,9 +251,10 @@ def copy_hf_tokenizer(tokenizer, folder, model_max_length=None, seq2seq=False):
                   "clean_up_tokenization_spaces": False}
         if model_max_length:
             config["model_max_length"] = model_max_length
-        _write_json(folder, TOKEN_FILES[0], config)
+        write_json_file(os.path.join(folder, TOKEN_FILES[0]), config)
         written.append(TOKEN_FILES[0])
-    _write_generation_config(folder, tokenizer, seq2seq)
+    write_generation_config(folder, tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id,
+                            seq2seq)
     return written + ["generation_config.json"]
 
 
@@ -272,7 +268,7 @@ def write_chat_template(folder, jinja, stop_ids):
         with open(path, encoding="utf-8") as f:
             content = json.load(f)
         content[key] = value
-        _write_json(folder, name, content)
+        write_json_file(os.path.join(folder, name), content)
 
 
 def export_tokenizer(tokenizer, folder, model_max_length=None, check_texts=(), seq2seq=False):

@@ -5,10 +5,10 @@ Names and row orders come from the HF name map of ``models/layout.py`` (``peft_p
 our q/k rows are in Meta's rotary layout and HF permutes q/k rows; since delta = B A, the
 same row permutation applies to B of q and k (A, the input side, is unchanged).
 """
-import json
 import os
 
 from tencentpretrain.config import ConfigError, ModelConfig
+from tencentpretrain.convert import write_json_file
 from tencentpretrain.layers.lora import MODULES_TO_SAVE, TARGETS, LoraConfig
 from tencentpretrain.models import layout
 from tencentpretrain.models.layout import PEFT_MODULES_TO_SAVE as HF_MODULES_TO_SAVE
@@ -114,7 +114,5 @@ def write_peft_dir(path, lora: LoraConfig, state, config: ModelConfig):
     from tencentpretrain.utils.weights import save_state_dict_file
     peft_config, peft_state = to_peft(lora, state, config)
     os.makedirs(path, exist_ok=True)
-    with open(os.path.join(path, PEFT_CONFIG), "w", encoding="utf-8") as f:
-        json.dump(peft_config, f, indent=2)
-        f.write("\n")
+    write_json_file(os.path.join(path, PEFT_CONFIG), peft_config)
     save_state_dict_file(peft_state, os.path.join(path, PEFT_WEIGHTS))
