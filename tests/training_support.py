@@ -182,11 +182,11 @@ def generate_seq2seq(model, config, spm_model, sources, prediction, max_new_toke
 def copy_save(full, resumed, step):
     """A run "killed" after its step-``step`` save: ``resumed``'s checkpoint folder gets only
     that save of ``full`` and its latest; returns the folder for --resume_from_checkpoint."""
+    from tencentpretrain.training.checkpointing import write_latest
     folder = resumed + ".checkpoints"
     os.makedirs(folder)
     shutil.copytree(f"{full}.checkpoints/global_step{step}", f"{folder}/global_step{step}")
-    with open(os.path.join(folder, "latest"), "w") as f:
-        f.write(f"global_step{step}")
+    write_latest(folder, f"global_step{step}")
     return folder
 
 
