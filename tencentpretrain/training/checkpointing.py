@@ -219,14 +219,17 @@ def explain_weights_mismatch(directory, error):
     was checked before loading), as one line: the checkpoint's kind against --use_lora, or the
     first tensor that does not fit."""
     text = str(error)
-    keys = {kind: re.findall(r'"([^"]+)"', found.group(1)) if found else []
-            for kind in ("Missing", "Unexpected")
-            for found in [re.search(kind + r" key\(s\) in state_dict: ([^\n]*)", text)]}
+
+    def keys(kind):  # the names torch lists after "Missing key(s)" / "Unexpected key(s)"
+        listed = re.search(kind + r" key\(s\) in state_dict: ([^\n]*)", text)
+        return re.findall(r'"([^"]+)"', listed.group(1)) if listed else []
+
+    missing, unexpected = keys("Missing"), keys("Unexpected")
     name = f"--resume_from_checkpoint {directory}"
-    if any("lora_" in key for key in keys["Unexpected"]):
+    if any("lora_" in key for key in unexpected):
         return (f"{name}: the checkpoint holds LoRA adapters on a frozen base, not a full model; "
                 "resume it with --use_lora and the --lora_* settings it was trained with")
-    if any("lora_" in key for key in keys["Missing"]):
+    if any("lora_" in key for key in missing):
         return (f"{name}: the checkpoint holds full-model training, no LoRA adapters; resume it "
                 "without --use_lora")
     size = re.search(r"size mismatch for ([^:]+): .*? shape (torch.Size\(\[[^]]*\]\)) from "
@@ -234,9 +237,11 @@ def explain_weights_mismatch(directory, error):
     if size:
         return (f"{name}: its {size.group(1)} has shape {size.group(2)}, this run's model "
                 f"{size.group(3)}; resume with the checkpoint's --config_path")
-    first = next((f"{kind.lower()} {keys[kind][0]}" for kind in keys if keys[kind]), None)
-    return (f"{name}: its weights do not fit this run's model ({first or 'see above'}); resume "
-            "with the checkpoint's --config_path and LoRA options")
+    details = text.splitlines()[1:] or [text]
+    first = (f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}" if unexpected
+             else details[0].strip())
+    return (f"{name}: its weights do not fit this run's model ({first}); resume with the "
+            "checkpoint's --config_path and LoRA options")
 
 
 def check_resumed_model(directory, saved, config_path, config, use_lora):
